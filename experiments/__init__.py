@@ -1,0 +1,1 @@
+"""Trainer, data, models, configs and reproductions around the library."""

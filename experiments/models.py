@@ -1,0 +1,184 @@
+"""Models for the experiments: MLP, 1-D CNN, CIFAR ResNets, recurrent nets.
+
+Every model is a stock ``flax.linen`` module called as
+``model.apply(variables, x, train=...)`` and returns logits. Normalization is
+pluggable by name (``norm``), so one model definition serves the plain,
+BatchNorm, LayerNorm and Ghost BatchNorm arms of a comparison. batchax's own
+layers are imported lazily: the library never depends on the experiments.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+NORMS = (
+  'none',
+  'batch_norm',
+  'layer_norm',
+  'batchax_layer_norm',
+  'ghost_batch_norm',
+)
+
+
+class Identity(nn.Module):
+  @nn.compact
+  def __call__(self, x):
+    return x
+
+
+def make_norm(
+  name: str, train: bool, kwargs: Mapping[str, Any] | None = None
+) -> Callable[..., nn.Module]:
+  """A constructor of the normalization layer ``name`` for train or eval.
+
+  Batch-statistics layers take ``use_running_average=not train``; stateless
+  ones ignore ``train``. ``kwargs`` go to the layer (e.g. ``ghost_size``,
+  ``momentum``).
+  """
+  kwargs = dict(kwargs or {})
+  if name == 'none':
+    return Identity
+  if name == 'batch_norm':
+    return functools.partial(
+      nn.BatchNorm, use_running_average=not train, **kwargs
+    )
+  if name == 'layer_norm':
+    return functools.partial(nn.LayerNorm, **kwargs)
+  if name in ('batchax_layer_norm', 'ghost_batch_norm'):
+    from batchax import layers as bl  # Lazy: see the module docstring.
+
+    if name == 'batchax_layer_norm':
+      return functools.partial(bl.LayerNorm, **kwargs)
+    return functools.partial(
+      bl.GhostBatchNorm, use_running_average=not train, **kwargs
+    )
+  raise ValueError(f'Unknown normalization {name!r}; expected one of {NORMS}.')
+
+
+class MLP(nn.Module):
+  """Dense -> norm -> ReLU blocks, then a linear classifier."""
+
+  hidden: Sequence[int] = (128, 128)
+  num_classes: int = 10
+  norm: str = 'none'
+  norm_kwargs: Mapping[str, Any] | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    x = x.reshape((x.shape[0], -1))
+    norm = make_norm(self.norm, train, self.norm_kwargs)
+    for width in self.hidden:
+      x = nn.relu(norm()(nn.Dense(width)(x)))
+    return nn.Dense(self.num_classes)(x)
+
+
+class CNN1D(nn.Module):
+  """1-D CNN for MNIST-1D: (conv -> norm -> ReLU -> max-pool 2) blocks."""
+
+  channels: Sequence[int] = (32, 32, 32)
+  kernel_size: int = 5
+  num_classes: int = 10
+  norm: str = 'none'
+  norm_kwargs: Mapping[str, Any] | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    if x.ndim == 2:  # (batch, length) -> one input channel.
+      x = x[..., None]
+    norm = make_norm(self.norm, train, self.norm_kwargs)
+    for c in self.channels:
+      x = nn.Conv(c, (self.kernel_size,), padding='SAME')(x)
+      x = nn.relu(norm()(x))
+      x = nn.max_pool(x, (2,), strides=(2,), padding='SAME')
+    x = x.reshape((x.shape[0], -1))
+    return nn.Dense(self.num_classes)(x)
+
+
+class BasicBlock(nn.Module):
+  """Two 3x3 convolutions with a residual connection (He et al., 2016)."""
+
+  width: int
+  strides: int
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME')
+    y = conv(self.width, (3, 3), (self.strides, self.strides))(x)
+    y = nn.relu(self.norm()(y))
+    y = conv(self.width, (3, 3))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = conv(self.width, (1, 1), (self.strides, self.strides))(x)
+      x = self.norm()(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  """A CIFAR ResNet: 3x3 stem, stages of basic blocks, global pooling.
+
+  ResNet-18 is ``stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512)``;
+  the CIFAR ResNet-44 of He et al. is ``(7, 7, 7), (16, 32, 64)``; WResNet16-4
+  is ``(2, 2, 2), (64, 128, 256)``.
+  """
+
+  stage_sizes: Sequence[int] = (2, 2, 2, 2)
+  widths: Sequence[int] = (64, 128, 256, 512)
+  num_classes: int = 10
+  norm: str = 'batch_norm'
+  norm_kwargs: Mapping[str, Any] | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    norm = make_norm(self.norm, train, self.norm_kwargs)
+    if self.norm == 'none':
+      # Identity ignores scale_init; keep the block code uniform.
+      norm = lambda **_: Identity()  # noqa: E731
+    x = nn.Conv(self.widths[0], (3, 3), use_bias=False, padding='SAME')(x)
+    x = nn.relu(norm()(x))
+    for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
+      for j in range(blocks):
+        strides = 2 if i > 0 and j == 0 else 1
+        x = BasicBlock(width, strides, norm)(x)
+    x = jnp.mean(x, axis=(1, 2))
+    return nn.Dense(self.num_classes)(x)
+
+
+RESNETS = {
+  'resnet18': ((2, 2, 2, 2), (64, 128, 256, 512)),
+  'resnet44': ((7, 7, 7), (16, 32, 64)),
+  'wresnet16_4': ((2, 2, 2), (64, 128, 256)),
+}
+
+MODELS = ('mlp', 'cnn1d', 'rnn', *RESNETS)
+
+
+def create_model(config, num_classes: int) -> nn.Module:
+  """The model a ``config.model`` block names."""
+  name = config.name
+  norm_kwargs = dict(config.get('norm_kwargs', {}) or {})
+  common = dict(
+    num_classes=num_classes, norm=config.norm, norm_kwargs=norm_kwargs
+  )
+  if name == 'mlp':
+    return MLP(hidden=tuple(config.hidden), **common)
+  if name == 'cnn1d':
+    return CNN1D(channels=tuple(config.channels), **common)
+  if name in RESNETS:
+    stages, widths = RESNETS[name]
+    return ResNet(stage_sizes=stages, widths=widths, **common)
+  if name == 'rnn':
+    from batchax.experiments import recurrent
+
+    return recurrent.RNNClassifier(
+      hidden=config.hidden[0],
+      num_classes=num_classes,
+      cell=config.cell,
+      layer_norm=config.norm == 'layer_norm',
+    )
+  raise ValueError(f'Unknown model {name!r}; expected one of {MODELS}.')
