@@ -18,7 +18,7 @@ import orbax.checkpoint as ocp
 
 
 class Checkpointer:
-  """Saves and restores ``(state, data_state)`` under ``workdir/checkpoints``."""
+  """Saves and restores ``(state, data_state)`` in ``workdir/checkpoints``."""
 
   def __init__(self, workdir: str, *, max_to_keep: int = 2):
     self.directory = os.path.abspath(os.path.join(workdir, 'checkpoints'))

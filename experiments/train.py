@@ -37,6 +37,7 @@ import numpy as np
 import optax
 import tqdm
 from absl import app, flags, logging
+from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
 from batchax.experiments import checkpoint as ckpt_lib
@@ -99,7 +100,7 @@ class Trainer:
     self.grad_step = jax.jit(self._grad_step, donate_argnums=(1,))
     self.apply_step = jax.jit(
       self._apply_step,
-      donate_argnums=(0, 1),
+      donate_argnums=(0,),
       out_shardings=(self.state_shardings, self._replicated),
     )
     self.eval_step = jax.jit(self._eval_step)
@@ -112,7 +113,11 @@ class Trainer:
     x = jnp.zeros((1, *self.input_shape), jnp.float32)
     variables = self.model.init(init_rng, x, train=False)
     params = variables.pop('params')
+    extra = {}
+    if self.config.track_weight_distance:
+      extra['init_params'] = jax.tree.map(jnp.copy, params)
     return {
+      **extra,
       'step': jnp.array(0, jnp.int32),
       'params': params,
       'model_state': dict(variables),
@@ -167,7 +172,9 @@ class Trainer:
       'loss': acc['loss'] + loss,
       'correct': acc['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
       'model_state': model_state,
-      'extra': self.extra.accumulate(acc['extra'], example_loss, params, (x, y)),
+      'extra': self.extra.accumulate(
+        acc['extra'], example_loss, params, (x, y)
+      ),
     }
 
   def _apply_step(self, state, acc, num_micro, batch_size):
@@ -184,13 +191,13 @@ class Trainer:
     finite = _all_finite((grads, params, opt_state, acc['model_state']))
     skip = jnp.logical_not(finite).astype(jnp.int32)
     new_state = {
+      **state,
       'step': state['step'] + 1,
       'params': _tree_where(finite, params, state['params']),
       'model_state': _tree_where(
         finite, acc['model_state'], state['model_state']
       ),
       'opt_state': _tree_where(finite, opt_state, state['opt_state']),
-      'rng': state['rng'],
       'skipped': state['skipped'] + skip,
       'consecutive_skipped': (state['consecutive_skipped'] + skip) * skip,
     }
@@ -203,6 +210,10 @@ class Trainer:
       'skipped_steps': new_state['skipped'],
       'consecutive_skipped': new_state['consecutive_skipped'],
     }
+    if 'init_params' in state:
+      metrics['weight_distance'] = optax.global_norm(
+        jax.tree.map(jnp.subtract, new_state['params'], state['init_params'])
+      )
     return new_state, metrics
 
   def _eval_step(self, state, x, y, mask):
@@ -250,7 +261,9 @@ def validate_config(config, mesh) -> None:
   b, m = config.batch_size, config.micro_batch_size
   shards = sharding.batch_size_multiple(mesh)
   if b <= 0 or m <= 0:
-    raise ValueError(f'batch_size ({b}) and micro_batch_size ({m}) must be > 0.')
+    raise ValueError(
+      f'batch_size ({b}) and micro_batch_size ({m}) must be > 0.'
+    )
   if b % m:
     raise ValueError(
       f'batch_size {b} is not a multiple of micro_batch_size {m}; use e.g. '
@@ -299,9 +312,11 @@ def train_and_evaluate(
   validate_config(config, mesh)
   os.makedirs(workdir, exist_ok=True)
   _check_workdir(config, workdir)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, 'config.json'), 'w') as f:
+  if jax.process_index() == 0:  # Atomic: other processes may read it.
+    tmp = os.path.join(workdir, f'.config.json.{os.getpid()}')
+    with open(tmp, 'w') as f:
       f.write(config.to_json_best_effort(indent=2))
+    os.replace(tmp, os.path.join(workdir, 'config.json'))
 
   dataset = data_lib.load(config.dataset)
   trainer = Trainer(config, dataset, mesh)
@@ -362,9 +377,7 @@ def train_and_evaluate(
       if _is_eval_step(config, step) or last:
         metrics.update(trainer.evaluate(state, dataset.test))
       record = writer.write(step, metrics)
-      progress.set_postfix(
-        loss=f'{record["train_loss"]:.3f}', batch=batch_size
-      )
+      progress.set_postfix(loss=f'{record["train_loss"]:.3f}', batch=batch_size)
     if step % config.checkpoint_every == 0 or last:
       checkpointer.save(step, state, {'cursor': iterator.cursor})
   progress.close()
@@ -372,14 +385,14 @@ def train_and_evaluate(
   writer.close()
   if not record:  # Resumed a finished run: report its last record.
     record = metrics_lib.read_jsonl(writer.path)[-1]
+  params_path = _save_params(state, workdir)
   if jax.process_index() == 0:
     print(
       f'Test accuracy {record.get("test_accuracy", float("nan")):.4f} after '
       f'{record["step"]} steps and {record["samples_seen"]} samples.\n'
       f'Metrics: {writer.path} (TensorBoard: '
       f'{os.path.join(workdir, "tensorboard")}); checkpoints: '
-      f'{checkpointer.directory}; final params: '
-      f'{_save_params(state, workdir)}'
+      f'{checkpointer.directory}; final params: {params_path}'
     )
   return record
 
@@ -389,15 +402,16 @@ def _is_eval_step(config, step: int) -> bool:
 
 
 def _save_params(state, workdir: str) -> str:
-  """Writes the final params as ``params.npz`` (flattened key paths)."""
-  flat = {
-    jax.tree_util.keystr(k): np.asarray(v)
-    for k, v in jax.tree_util.tree_flatten_with_path(
-      jax.device_get(state['params'])
-    )[0]
-  }
+  """Writes the final params as ``params.npz`` (flattened key paths).
+
+  A collective: every process gathers the (possibly FSDP-sharded) params;
+  process 0 writes them.
+  """
+  params = multihost_utils.process_allgather(state['params'], tiled=True)
   path = os.path.join(workdir, 'params.npz')
-  np.savez(path, **flat)
+  if jax.process_index() == 0:
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    np.savez(path, **{jax.tree_util.keystr(k): np.asarray(v) for k, v in flat})
   return path
 
 

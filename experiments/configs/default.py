@@ -67,6 +67,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.max_to_keep = 2
   c.max_consecutive_skips = 20  # Non-finite steps in a row before stopping.
   c.progress = True
+  # Log ||w_t - w_0|| (Hoffer et al.'s diagnostic); keeps a copy of w_0.
+  c.track_weight_distance = False
   c.mesh = ml_collections.ConfigDict(
     dict(data=-1, fsdp=1, model=1, devices=-1, min_fsdp_size=2**14)
   )

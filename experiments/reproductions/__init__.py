@@ -1,0 +1,1 @@
+"""Table definitions for experiments/reproduce.py, one module per paper."""

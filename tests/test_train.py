@@ -1,0 +1,212 @@
+"""End-to-end tests of the trainer: accuracy, resume, devices, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from batchax.experiments import data, metrics, sharding, train
+from batchax.experiments.configs import default, digits_mlp
+
+CONFIGS = os.path.dirname(default.__file__)
+
+
+def _env():
+  env = dict(os.environ)
+  env.pop('XLA_FLAGS', None)  # One CPU device, as a user's laptop.
+  return env
+
+
+def _train_cmd(workdir, *overrides, config='default.py'):
+  return [
+    sys.executable,
+    '-m',
+    'batchax.experiments.train',
+    f'--config={os.path.join(CONFIGS, config)}',
+    f'--workdir={workdir}',
+    '--config.progress=False',
+    *overrides,
+  ]
+
+
+def small_config(**overrides):
+  c = digits_mlp.get_config()
+  c.num_train_steps = 30
+  c.log_every = 5
+  c.eval_every = 15
+  c.checkpoint_every = 15
+  c.progress = False
+  c.model.norm = 'batch_norm'
+  for k, v in overrides.items():
+    target = c
+    *path, last = k.split('.')
+    for p in path:
+      target = target[p]
+    target[last] = v
+  return c
+
+
+@pytest.mark.slow
+def test_default_run_reaches_90_percent_on_mnist1d(tmp_path):
+  out = subprocess.run(
+    _train_cmd(tmp_path), env=_env(), capture_output=True, text=True
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'Test accuracy' in out.stdout and 'metrics.jsonl' in out.stdout
+  records = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+  last = records[-1]
+  assert last['test_accuracy'] >= 0.90, last
+  for key in ('step', 'train_loss', 'batch_size', 'samples_seen'):
+    assert key in records[0]
+  assert last['samples_seen'] == last['step'] * 64
+  assert os.listdir(tmp_path / 'tensorboard')
+  with open(tmp_path / 'config.json') as f:
+    assert json.load(f)['optimizer']['name'] == 'adam'
+
+
+@pytest.mark.slow
+def test_run_killed_mid_way_resumes_to_the_identical_result(tmp_path):
+  args = (
+    '--config.num_train_steps=1200',
+    '--config.checkpoint_every=50',
+    '--config.log_every=10',
+    '--config.eval_every=300',
+    '--config.model.norm=batch_norm',
+  )
+  ref = tmp_path / 'uninterrupted'
+  subprocess.run(
+    _train_cmd(ref, *args, config='digits_mlp.py'),
+    env=_env(),
+    check=True,
+    capture_output=True,
+  )
+  run = tmp_path / 'killed'
+  proc = subprocess.Popen(
+    _train_cmd(run, *args, config='digits_mlp.py'),
+    env=_env(),
+    stdout=subprocess.DEVNULL,
+    stderr=subprocess.DEVNULL,
+  )
+  ckpts = run / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    steps = (
+      [int(s) for s in os.listdir(ckpts) if s.isdigit()]
+      if (ckpts.exists())
+      else []
+    )
+    if steps and max(steps) >= 100:
+      break
+    time.sleep(0.02)
+  assert proc.poll() is None, 'the run ended before it could be killed'
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = max(int(s) for s in os.listdir(ckpts) if s.isdigit())
+  assert killed_at < 1200
+  out = subprocess.run(
+    _train_cmd(run, *args, config='digits_mlp.py'),
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert f'Resuming {run} from step' in out.stderr
+  a, b = np.load(ref / 'params.npz'), np.load(run / 'params.npz')
+  assert sorted(a) == sorted(b)
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+  assert metrics.read_jsonl(str(ref / 'metrics.jsonl')) == metrics.read_jsonl(
+    str(run / 'metrics.jsonl')
+  )
+
+
+def test_eight_devices_give_the_loss_curve_of_one(tmp_path):
+  assert jax.device_count() == 8
+  curves = {}
+  for n in (1, 8):
+    c = small_config(**{'mesh.devices': n, 'mesh.data': -1})
+    train.train_and_evaluate(c, str(tmp_path / str(n)))
+    curves[n] = metrics.read_jsonl(str(tmp_path / str(n) / 'metrics.jsonl'))
+  for key in ('train_loss', 'grad_norm', 'test_loss'):
+    a = [r[key] for r in curves[1] if key in r]
+    b = [r[key] for r in curves[8] if key in r]
+    np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6, err_msg=key)
+
+
+def test_fsdp_mesh_shards_params_and_matches_data_parallel(tmp_path):
+  c = small_config(**{'mesh.data': 2, 'mesh.fsdp': 4, 'mesh.min_fsdp_size': 1})
+  mesh = sharding.make_mesh(c.mesh)
+  trainer = train.Trainer(c, data.load_digits(), mesh)
+  kernel = trainer.state_shardings['params']['Dense_0']['kernel']
+  assert 'fsdp' in str(kernel.spec)
+  opt_kernel = jax.tree.leaves(trainer.state_shardings['opt_state'])
+  assert any('fsdp' in str(s.spec) for s in opt_kernel)
+  fsdp = train.train_and_evaluate(c, str(tmp_path / 'fsdp'))
+  dp = train.train_and_evaluate(small_config(), str(tmp_path / 'dp'))
+  np.testing.assert_allclose(fsdp['train_loss'], dp['train_loss'], rtol=1e-4)
+
+
+def test_non_finite_update_is_skipped_and_counted():
+  c = small_config()
+  trainer = train.Trainer(c, data.load_digits(), sharding.make_mesh(c.mesh))
+  state = trainer.create_state(jax.random.key(0))
+  params = jax.device_get(state['params'])
+  acc = trainer.zero_accumulator(state)
+  acc['grads'] = jax.tree.map(lambda g: g.at[...].set(jnp.nan), acc['grads'])
+  state, m = trainer.apply_step(
+    state, acc, jnp.float32(1), jnp.int32(c.batch_size)
+  )
+  assert int(m['skipped_steps']) == 1 and int(state['step']) == 1
+  jax.tree.map(
+    np.testing.assert_array_equal, jax.device_get(state['params']), params
+  )
+
+
+def test_diverging_run_stops_with_a_clear_error(tmp_path):
+  c = small_config(**{'optimizer.kwargs.learning_rate': 1e30})
+  c.max_consecutive_skips = 3
+  with pytest.raises(FloatingPointError, match='consecutive steps'):
+    train.train_and_evaluate(c, str(tmp_path))
+
+
+@pytest.mark.parametrize(
+  'overrides, message',
+  [
+    ({'batch_size': 48, 'micro_batch_size': 32}, 'not a multiple of micro'),
+    ({'batch_size': 36, 'micro_batch_size': 12}, 'does not split over the 8'),
+    ({'optimizer.name': 'adamz'}, "Unknown optimizer 'adamz'"),
+    ({'dataset.name': 'mnist2d'}, "Unknown data set 'mnist2d'"),
+    ({'model.name': 'vit'}, "Unknown model 'vit'"),
+    ({'mesh.data': 3}, 'need 3 devices; 8 are available'),
+  ],
+)
+def test_bad_config_is_a_clear_error(tmp_path, overrides, message):
+  with pytest.raises(ValueError, match=message):
+    train.train_and_evaluate(small_config(**overrides), str(tmp_path))
+
+
+def test_workdir_of_another_config_is_refused(tmp_path):
+  train.train_and_evaluate(small_config(num_train_steps=5), str(tmp_path))
+  with pytest.raises(ValueError, match=r"keys \['batch_size'\] differ"):
+    train.train_and_evaluate(
+      small_config(num_train_steps=5, batch_size=64, micro_batch_size=64),
+      str(tmp_path),
+    )
+
+
+def test_unknown_config_key_on_the_command_line(tmp_path):
+  out = subprocess.run(
+    _train_cmd(tmp_path, '--config.optimizer.lerning_rate=1'),
+    env=_env(),
+    capture_output=True,
+    text=True,
+  )
+  assert out.returncode != 0
+  assert "Unknown config key 'lerning_rate'" in out.stderr
