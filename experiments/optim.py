@@ -3,8 +3,10 @@
 ``config.optimizer.name`` names a batchax optimizer (``batchax.optimizers``)
 or any optax alias (``optax.<name>``); ``config.optimizer.kwargs`` are its
 keyword arguments, with ``learning_rate`` replaced by the schedule that
-``config.schedule`` describes. Weight decay (PyTorch order: added to the
-gradient before momentum) and global-norm clipping are optional wrappers.
+``config.schedule`` describes (or the large-batch regime that
+``config.regime`` describes, in epochs). Weight decay (PyTorch order: added
+to the gradient before momentum) and global-norm clipping are optional
+wrappers.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import optax
+
+from batchax.experiments import regime
 
 SCHEDULES = ('constant', 'warmup_cosine', 'piecewise')
 
@@ -55,8 +59,55 @@ def find_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
   )
 
 
-def create_optimizer(config, num_train_steps: int):
-  """Returns ``(tx, schedule)`` built from ``config.optimizer/schedule``."""
+def regime_schedule(config, learning_rate: float, num_train_examples: int):
+  """The large-batch regime of Hoffer et al. (2017) from ``config.regime``.
+
+  With ``B = config.batch_size`` and ``B_ref = regime.reference_batch_size``:
+  ``sqrt_lr_scaling`` multiplies every learning rate by ``sqrt(B / B_ref)``;
+  ``num_epochs > 0`` trains for that many epochs with the learning rate
+  multiplied by ``drop_factor`` at each of ``drop_epochs``; ``adapt_epochs``
+  multiplies the epochs and the drop epochs by ``ceil(B / B_ref)`` ("train
+  longer"). Global-norm clipping is ``optimizer.clip_global_norm``.
+
+  Returns:
+    ``(learning_rate, schedule or None, num_train_steps or None)``.
+  """
+  r = config.regime
+  b = config.batch_size
+  uses_reference = r.sqrt_lr_scaling or r.adapt_epochs
+  if uses_reference and r.reference_batch_size <= 0:
+    raise ValueError(
+      'regime.sqrt_lr_scaling and regime.adapt_epochs need '
+      'regime.reference_batch_size > 0 (the small batch, e.g. the ghost size).'
+    )
+  if r.sqrt_lr_scaling:
+    learning_rate = regime.sqrt_scaled_learning_rate(
+      learning_rate, b, r.reference_batch_size
+    )
+  if r.num_epochs <= 0:
+    if r.adapt_epochs:
+      raise ValueError('regime.adapt_epochs needs regime.num_epochs > 0.')
+    return learning_rate, None, None
+  epochs, drops = r.num_epochs, tuple(r.drop_epochs)
+  if r.adapt_epochs:
+    epochs, drops = regime.adapt_regime(
+      epochs, drops, b, r.reference_batch_size
+    )
+  per_epoch = regime.steps_per_epoch(num_train_examples, b)
+  schedule = regime.piecewise_lr_schedule(
+    learning_rate, drops, per_epoch, r.drop_factor
+  )
+  return learning_rate, schedule, epochs * per_epoch
+
+
+def create_optimizer(config, num_train_examples: int):
+  """Builds the optimizer from ``config.optimizer/schedule/regime``.
+
+  Returns:
+    ``(tx, schedule, num_train_steps)``: the transform (with extra-args
+    support), the learning-rate schedule of the step, and the number of
+    steps (``config.num_train_steps`` unless the regime sets epochs).
+  """
   opt = config.optimizer
   kwargs = dict(opt.kwargs)
   factory = find_optimizer(opt.name)
@@ -64,9 +115,12 @@ def create_optimizer(config, num_train_steps: int):
     raise ValueError(
       f'optimizer.kwargs must set learning_rate; got {sorted(kwargs)}.'
     )
-  schedule = create_schedule(
-    config.schedule, kwargs.pop('learning_rate'), num_train_steps
+  learning_rate, schedule, num_train_steps = regime_schedule(
+    config, kwargs.pop('learning_rate'), num_train_examples
   )
+  num_train_steps = num_train_steps or config.num_train_steps
+  if schedule is None:
+    schedule = create_schedule(config.schedule, learning_rate, num_train_steps)
   try:
     tx = factory(learning_rate=schedule, **kwargs)
   except TypeError as e:
@@ -80,4 +134,4 @@ def create_optimizer(config, num_train_steps: int):
     parts.append(optax.add_decayed_weights(opt.weight_decay))
   if parts:
     tx = optax.chain(*parts, tx)
-  return optax.with_extra_args_support(tx), schedule
+  return optax.with_extra_args_support(tx), schedule, num_train_steps

@@ -7,7 +7,7 @@ Usage::
 
 Each table (``experiments/reproductions/<name>.py``) defines a base config,
 its arms (config overrides) and the paper's row to compare with. Every
-(arm, seed) is one ordinary trainer run in ``--workdir/<table>/<arm>/<seed>``
+(arm, seed) is one ordinary trainer run in ``--runs_dir/<table>/<arm>/<seed>``
 (so a killed reproduction resumes where it stopped). The script writes
 ``docs/results/<table>.md`` with mean and sample standard deviation over
 seeds and ``docs/results/<table>*.png``.
@@ -50,7 +50,7 @@ class Table:
   base_config: Callable[[], Any]
   arms: Sequence[Arm]
   columns: Sequence[tuple[str, Callable[[list[dict]], float], str]]
-  notes: str = ''
+  notes: str | Callable[[dict[str, list[list[dict]]]], str] = ''
   plot: Callable[[dict[str, list[list[dict]]], str], list[str]] | None = None
   seeds: int = 5
 
@@ -112,8 +112,9 @@ def markdown(table: Table, results: dict[str, list[list[dict]]]) -> str:
     lines.append(f'| {arm.name} | ' + ' | '.join(cells) + ' |')
   lines += ['', '## Arms', '']
   lines += [f'* **{a.name}**: {a.description}' for a in table.arms]
-  if table.notes:
-    lines += ['', table.notes.strip()]
+  notes = table.notes(results) if callable(table.notes) else table.notes
+  if notes:
+    lines += ['', notes.strip()]
   return '\n'.join(lines) + '\n'
 
 
@@ -155,8 +156,8 @@ def load_table(name: str) -> Table:
 
 _TABLE = flags.DEFINE_enum('table', None, TABLES, 'Which table to reproduce.')
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per arm (table default).')
-_WORKDIR = flags.DEFINE_string(
-  'workdir', 'runs/reproduce', 'Where the runs of every arm and seed go.'
+_RUNS_DIR = flags.DEFINE_string(
+  'runs_dir', 'runs/reproduce', 'Where the runs of every arm and seed go.'
 )
 _OUT = flags.DEFINE_string(
   'out_dir', os.path.join(_REPO, 'docs', 'results'), 'Results directory.'
@@ -166,7 +167,7 @@ _OUT = flags.DEFINE_string(
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
-  reproduce(load_table(_TABLE.value), _WORKDIR.value, _OUT.value, _SEEDS.value)
+  reproduce(load_table(_TABLE.value), _RUNS_DIR.value, _OUT.value, _SEEDS.value)
 
 
 if __name__ == '__main__':

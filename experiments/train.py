@@ -77,8 +77,8 @@ class Trainer:
     self.config = config
     self.mesh = mesh
     self.model = models.create_model(config.model, dataset.num_classes)
-    self.tx, self.schedule = optim.create_optimizer(
-      config, config.num_train_steps
+    self.tx, self.schedule, self.num_train_steps = optim.create_optimizer(
+      config, len(dataset.train)
     )
     self.extra = extra_args_lib.create(config)
     self.input_shape = dataset.input_shape
@@ -279,8 +279,15 @@ def validate_config(config, mesh) -> None:
       f'eval_batch_size {config.eval_batch_size} is not a multiple of the '
       f'{shards} data-parallel devices.'
     )
-  if config.num_train_steps <= 0 and config.sample_budget <= 0:
-    raise ValueError('Set num_train_steps or sample_budget to a positive int.')
+  if (
+    config.num_train_steps <= 0
+    and config.sample_budget <= 0
+    and config.regime.num_epochs <= 0
+  ):
+    raise ValueError(
+      'Set num_train_steps, sample_budget or regime.num_epochs to a '
+      'positive int.'
+    )
 
 
 def _check_workdir(config, workdir: str) -> None:
@@ -341,13 +348,13 @@ def train_and_evaluate(
   writer = metrics_lib.MetricWriter(workdir, resume_step=step)
 
   def done(step: int) -> bool:
-    if 0 < config.num_train_steps <= step:
+    if 0 < trainer.num_train_steps <= step:
       return True
     return 0 < config.sample_budget <= iterator.cursor
 
   record = {}
   progress = tqdm.tqdm(
-    total=config.num_train_steps if config.num_train_steps > 0 else None,
+    total=trainer.num_train_steps if trainer.num_train_steps > 0 else None,
     initial=step,
     disable=not config.progress or jax.process_index() != 0,
     desc='train',
@@ -432,7 +439,7 @@ try:  # config_flags applies --config.* overrides while defining the flag.
   )
 except (AttributeError, KeyError) as e:
   sys.exit(_unknown_config_key(e))
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.', required=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed',
   False,
@@ -466,4 +473,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  flags.mark_flag_as_required('workdir')
   app.run(main)

@@ -56,6 +56,17 @@ def base_config() -> ml_collections.ConfigDict:
       scales=(),  # piecewise: multiplicative factors at the boundaries
     )
   )
+  # Large-batch regime of Hoffer et al. (2017); see optim.regime_schedule.
+  c.regime = ml_collections.ConfigDict(
+    dict(
+      reference_batch_size=0,  # B_ref: the small batch (0: unused).
+      sqrt_lr_scaling=False,  # lr *= sqrt(batch_size / B_ref)
+      num_epochs=0,  # > 0: train this many epochs (sets num_train_steps).
+      drop_epochs=(),  # lr *= drop_factor at each of these epochs.
+      drop_factor=0.1,
+      adapt_epochs=False,  # epochs, drop_epochs *= ceil(batch_size / B_ref)
+    )
+  )
   c.batch_size = 64
   c.micro_batch_size = 64  # Fixed shape of every compiled step.
   c.eval_batch_size = 500
