@@ -15,11 +15,10 @@ seeds and ``docs/results/<table>*.png``.
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -27,32 +26,10 @@ from absl import app, flags, logging
 
 from batchax.experiments import metrics as metrics_lib
 from batchax.experiments import train
+from batchax.experiments.reproductions.table import Arm, Table
 
 TABLES = ('adadagrad', 'ghost_bn', 'layer_norm')
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@dataclasses.dataclass(frozen=True)
-class Arm:
-  """One column or row of a table: a name and its config overrides."""
-
-  name: str
-  overrides: dict[str, Any]
-  description: str = ''
-
-
-@dataclasses.dataclass(frozen=True)
-class Table:
-  """What a reproduction runs and how it reports it."""
-
-  name: str
-  title: str
-  base_config: Callable[[], Any]
-  arms: Sequence[Arm]
-  columns: Sequence[tuple[str, Callable[[list[dict]], float], str]]
-  notes: str | Callable[[dict[str, list[list[dict]]]], str] = ''
-  plot: Callable[[dict[str, list[list[dict]]], str], list[str]] | None = None
-  seeds: int = 5
 
 
 def apply_overrides(config, overrides: dict[str, Any]):
@@ -77,11 +54,6 @@ def run_arm(table: Table, arm: Arm, seed: int, workdir: str) -> list[dict]:
   run_dir = os.path.join(workdir, table.name, arm.name, str(seed))
   train.train_and_evaluate(config, run_dir)
   return metrics_lib.read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
-
-
-def last(key: str) -> Callable[[list[dict]], float]:
-  """The last logged value of ``key`` in a run."""
-  return lambda records: [r[key] for r in records if key in r][-1]
 
 
 def mean_sd(values: Sequence[float], fmt: str) -> str:

@@ -204,14 +204,14 @@ class Trainer:
     metrics = {
       'train_loss': acc['loss'] / num_micro,
       'train_accuracy': acc['correct'] / batch_size,
-      'grad_norm': optax.global_norm(grads),
-      'update_norm': optax.global_norm(updates),
-      'param_norm': optax.global_norm(new_state['params']),
+      'grad_norm': optax.tree.norm(grads),
+      'update_norm': optax.tree.norm(updates),
+      'param_norm': optax.tree.norm(new_state['params']),
       'skipped_steps': new_state['skipped'],
       'consecutive_skipped': new_state['consecutive_skipped'],
     }
     if 'init_params' in state:
-      metrics['weight_distance'] = optax.global_norm(
+      metrics['weight_distance'] = optax.tree.norm(
         jax.tree.map(jnp.subtract, new_state['params'], state['init_params'])
       )
     return new_state, metrics
@@ -273,6 +273,13 @@ def validate_config(config, mesh) -> None:
     raise ValueError(
       f'micro_batch_size {m} does not split over the {shards} data-parallel '
       f'devices of the mesh {dict(mesh.shape)}; use a multiple of {shards}.'
+    )
+  ghost = dict(config.model.get('norm_kwargs', {})).get('ghost_size')
+  if ghost and m % ghost:
+    raise ValueError(
+      f'micro_batch_size {m} is not a multiple of the ghost size {ghost}: '
+      'ghosts are slices of one micro-batch. Use a multiple of '
+      f'{ghost} (the batch size may then grow in micro-batches).'
     )
   if config.eval_batch_size % shards:
     raise ValueError(

@@ -153,6 +153,24 @@ def test_fsdp_mesh_shards_params_and_matches_data_parallel(tmp_path):
   np.testing.assert_allclose(fsdp['train_loss'], dp['train_loss'], rtol=1e-4)
 
 
+def test_ghost_batch_norm_over_micro_batches_equals_one_batch(tmp_path):
+  gbn = {
+    'model.norm': 'ghost_batch_norm',
+    'model.norm_kwargs': {'ghost_size': 16, 'momentum': 0.9},
+    'batch_size': 64,
+    'eval_batch_size': 40,
+    'num_train_steps': 10,
+  }
+  one = train.train_and_evaluate(
+    small_config(micro_batch_size=64, **gbn), str(tmp_path / 'one')
+  )
+  four = train.train_and_evaluate(
+    small_config(micro_batch_size=16, **gbn), str(tmp_path / 'four')
+  )
+  for key in ('train_loss', 'grad_norm', 'test_loss', 'test_accuracy'):
+    np.testing.assert_allclose(one[key], four[key], rtol=1e-5, err_msg=key)
+
+
 def test_non_finite_update_is_skipped_and_counted():
   c = small_config()
   trainer = train.Trainer(c, data.load_digits(), sharding.make_mesh(c.mesh))
@@ -185,6 +203,13 @@ def test_diverging_run_stops_with_a_clear_error(tmp_path):
     ({'dataset.name': 'mnist2d'}, "Unknown data set 'mnist2d'"),
     ({'model.name': 'vit'}, "Unknown model 'vit'"),
     ({'mesh.data': 3}, 'need 3 devices; 8 are available'),
+    (
+      {
+        'model.norm': 'ghost_batch_norm',
+        'model.norm_kwargs': {'ghost_size': 24},
+      },
+      'not a multiple of the ghost size 24',
+    ),
   ],
 )
 def test_bad_config_is_a_clear_error(tmp_path, overrides, message):

@@ -21,8 +21,8 @@ import math
 
 import numpy as np
 
-from batchax.experiments import reproduce
 from batchax.experiments.configs import default
+from batchax.experiments.reproductions.table import Arm, Table, last
 
 SMALL, LARGE, EPOCHS = 32, 1024, 10
 LEARNING_RATE = 0.05
@@ -62,18 +62,16 @@ _GBN = {
 _RA = {**_GBN, 'regime.adapt_epochs': True}
 
 ARMS = (
-  reproduce.Arm(
-    'SB', {}, f'batch {SMALL}, lr {LEARNING_RATE}, {EPOCHS} epochs'
-  ),
-  reproduce.Arm('LB', _LB, f'batch {LARGE}, same lr and epochs'),
-  reproduce.Arm(
+  Arm('SB', {}, f'batch {SMALL}, lr {LEARNING_RATE}, {EPOCHS} epochs'),
+  Arm('LB', _LB, f'batch {LARGE}, same lr and epochs'),
+  Arm(
     '+LR',
     _LR,
     f'lr x sqrt({LARGE}/{SMALL}) = '
     f'{LEARNING_RATE * math.sqrt(LARGE / SMALL):.3f}',
   ),
-  reproduce.Arm('+GBN', _GBN, f'Ghost BatchNorm, ghost size {SMALL}'),
-  reproduce.Arm(
+  Arm('+GBN', _GBN, f'Ghost BatchNorm, ghost size {SMALL}'),
+  Arm(
     '+RA',
     _RA,
     f'regime adaptation: epochs and lr drops x {LARGE // SMALL} '
@@ -84,7 +82,7 @@ ARMS = (
 
 def notes(results) -> str:
   """The paper's rows with ours beside them (means over seeds)."""
-  accuracy = reproduce.last('test_accuracy')
+  accuracy = last('test_accuracy')
   ours = ' | '.join(
     f'{100 * np.mean([accuracy(r) for r in results[a.name]]):.2f}' for a in ARMS
   )
@@ -127,7 +125,7 @@ def plot(results, prefix):
       axis=0,
     )
     axes[0].plot(steps, dist, label=name)
-    accs = [reproduce.last('test_accuracy')(run) for run in runs]
+    accs = [last('test_accuracy')(run) for run in runs]
     axes[1].bar(name, 100 * np.mean(accs), yerr=100 * np.std(accs, ddof=1))
   axes[0].set_xscale('log')
   axes[0].set_xlabel('optimizer step t (log)')
@@ -144,7 +142,7 @@ def plot(results, prefix):
   return [path]
 
 
-TABLE = reproduce.Table(
+TABLE = Table(
   name='ghost_bn',
   title='Train longer, generalize better: the large-batch regime on MNIST-1D',
   base_config=base_config,
@@ -152,12 +150,12 @@ TABLE = reproduce.Table(
   columns=(
     (
       'test accuracy (%)',
-      lambda r: 100 * reproduce.last('test_accuracy')(r),
+      lambda r: 100 * last('test_accuracy')(r),
       '.2f',
     ),
-    ('train loss', reproduce.last('train_loss'), '.3f'),
-    ('steps', reproduce.last('step'), '.0f'),
-    ('||w_T - w_0||', reproduce.last('weight_distance'), '.1f'),
+    ('train loss', last('train_loss'), '.3f'),
+    ('steps', last('step'), '.0f'),
+    ('||w_T - w_0||', last('weight_distance'), '.1f'),
   ),
   notes=notes,
   plot=plot,

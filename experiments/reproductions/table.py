@@ -1,0 +1,40 @@
+"""What a reproduction table is: arms, columns, notes and a plot.
+
+Table modules (``experiments/reproductions/<name>.py``) define a ``TABLE``;
+``experiments/reproduce.py`` runs it. Kept apart from the runner so that
+table modules never import the binary (whose flags would be defined twice).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+from typing import Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Arm:
+  """One column or row of a table: a name and its config overrides."""
+
+  name: str
+  overrides: dict[str, Any]
+  description: str = ''
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+  """What a reproduction runs and how it reports it."""
+
+  name: str
+  title: str
+  base_config: Callable[[], Any]
+  arms: Sequence[Arm]
+  columns: Sequence[tuple[str, Callable[[list[dict]], float], str]]
+  notes: str | Callable[[dict[str, list[list[dict]]]], str] = ''
+  plot: Callable[[dict[str, list[list[dict]]], str], list[str]] | None = None
+  seeds: int = 5
+
+
+def last(key: str) -> Callable[[list[dict]], float]:
+  """The last logged value of ``key`` in a run."""
+  return lambda records: [r[key] for r in records if key in r][-1]
