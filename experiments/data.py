@@ -53,18 +53,39 @@ class TfdsSource:
   """A random-access TFDS source, decoded and standardised per example."""
 
   source: Any  # tfds.data_sources.ArrayRecordDataSource or similar.
+  image_size: int = 0  # > 0: resize and centre-crop to this size.
   image_key: str = 'image'
   label_key: str = 'label'
 
   def __len__(self) -> int:
     return len(self.source)
 
+  def _image(self, record) -> np.ndarray:
+    image = np.asarray(record[self.image_key])
+    return center_crop(image, self.image_size) if self.image_size else image
+
   def get(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     records = [self.source[int(i)] for i in indices]
-    x = np.stack([np.asarray(r[self.image_key]) for r in records])
+    x = np.stack([self._image(r) for r in records])
     y = np.asarray([r[self.label_key] for r in records], np.int32)
     x = (x.astype(np.float32) / 255.0 - _IMAGE_MEAN) / _IMAGE_STD
     return x, y
+
+
+def center_crop(image: np.ndarray, size: int) -> np.ndarray:
+  """Resizes the shorter side to ``size / 0.875`` and crops the centre.
+
+  The usual ImageNet evaluation transform, used for training too: the data
+  pipeline has no augmentation.
+  """
+  from PIL import Image
+
+  h, w = image.shape[:2]
+  scale = size / 0.875 / min(h, w)
+  nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+  resized = np.asarray(Image.fromarray(image).resize((nw, nh), Image.BILINEAR))
+  top, left = (nh - size) // 2, (nw - size) // 2
+  return resized[top : top + size, left : left + size]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,6 +148,7 @@ def load_tfds(
   data_dir: str | None = None,
   train_split: str = 'train',
   test_split: str = 'test',
+  image_size: int = 0,
 ) -> Dataset:
   """A TFDS image-classification data set through ``tfds.data_source``.
 
@@ -159,8 +181,19 @@ def load_tfds(
   features = builder.info.features
   num_classes = features['label'].num_classes
   shape = tuple(features['image'].shape)
+  if image_size:
+    shape = (image_size, image_size, shape[-1])
+  elif None in shape:
+    raise ValueError(
+      f'{tfds_name} has images of varying size {shape}; set '
+      'dataset.image_size (e.g. 224).'
+    )
   return Dataset(
-    tfds_name, TfdsSource(train), TfdsSource(test), num_classes, shape
+    tfds_name,
+    TfdsSource(train, image_size),
+    TfdsSource(test, image_size),
+    num_classes,
+    shape,
   )
 
 
@@ -177,6 +210,7 @@ def load(config) -> Dataset:
       config.data_dir,
       config.train_split,
       config.test_split,
+      config.get('image_size', 0),
     )
   raise ValueError(
     f'Unknown data set {name!r}; expected one of {DATASETS}. For a TFDS '

@@ -40,10 +40,59 @@ class NoExtraArgs:
     return {}
 
 
-HOOKS = {'none': NoExtraArgs}
+class GradientStatistics:
+  """AdAdaGrad's batch-size tests: gradient statistics of the whole batch.
+
+  Per micro-batch, ``batchax.optimizers.gradient_statistics`` with
+  ``group_size`` examples per unit (1: exact per-example gradients), merged
+  exactly across micro-batches; passed to ``update`` as ``grad_stats``. The
+  loss must not couple examples (no BatchNorm in training mode), or the
+  per-example gradients are not those of a per-example loss.
+  """
+
+  def __init__(self, group_size: int = 1, per_coordinate: bool = False):
+    if group_size < 1:
+      raise ValueError(f'group_size must be >= 1, got {group_size}.')
+    self.group_size = group_size
+    self.per_coordinate = per_coordinate
+
+  def init(self, params):
+    from batchax import optimizers as bo
+
+    return bo.zero_gradient_statistics(
+      params, per_coordinate=self.per_coordinate
+    )
+
+  def accumulate(self, acc, loss_fn, params, batch):
+    from batchax import optimizers as bo
+
+    stats = bo.gradient_statistics(
+      loss_fn,
+      params,
+      batch,
+      group_size=self.group_size,
+      per_coordinate=self.per_coordinate,
+    )
+    return bo.merge_gradient_statistics(acc, stats)
+
+  def finalize(self, acc):
+    return {'grad_stats': acc}
+
+
+HOOKS = {'none': NoExtraArgs, 'gradient_statistics': GradientStatistics}
 
 
 def create(config) -> ExtraArgs:
+  """The hook ``config.optimizer.extra_args`` names.
+
+  An ``adaptive_batch`` test (see ``optim.create_optimizer``) implies the
+  ``gradient_statistics`` hook, configured by ``adaptive_batch.group_size``.
+  """
+  adaptive = config.get('adaptive_batch')
+  if adaptive is not None and adaptive.test != 'none':
+    return GradientStatistics(
+      adaptive.group_size, per_coordinate=adaptive.test == 'coordinate'
+    )
   name = config.optimizer.get('extra_args', 'none')
   if name not in HOOKS:
     raise ValueError(

@@ -119,12 +119,36 @@ class BasicBlock(nn.Module):
     return nn.relu(x + y)
 
 
+class BottleneckBlock(nn.Module):
+  """1x1 -> 3x3 -> 1x1 (4x wider) convolutions with a residual connection."""
+
+  width: int
+  strides: int
+  norm: Callable[..., nn.Module]
+
+  @nn.compact
+  def __call__(self, x):
+    conv = functools.partial(nn.Conv, use_bias=False, padding='SAME')
+    y = nn.relu(self.norm()(conv(self.width, (1, 1))(x)))
+    y = conv(self.width, (3, 3), (self.strides, self.strides))(y)
+    y = nn.relu(self.norm()(y))
+    y = conv(4 * self.width, (1, 1))(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = conv(4 * self.width, (1, 1), (self.strides, self.strides))(x)
+      x = self.norm()(x)
+    return nn.relu(x + y)
+
+
 class ResNet(nn.Module):
-  """A CIFAR ResNet: 3x3 stem, stages of basic blocks, global pooling.
+  """A ResNet: stem, stages of residual blocks, global pooling.
 
   ResNet-18 is ``stage_sizes=(2, 2, 2, 2), widths=(64, 128, 256, 512)``;
   the CIFAR ResNet-44 of He et al. is ``(7, 7, 7), (16, 32, 64)``; WResNet16-4
-  is ``(2, 2, 2), (64, 128, 256)``.
+  is ``(2, 2, 2), (64, 128, 256)``; ResNet-50/101 use bottleneck blocks with
+  ``(3, 4, 6, 3)`` / ``(3, 4, 23, 3)``. The stem is a 3x3 convolution for
+  CIFAR-sized inputs and the 7x7/2 convolution with a 3x3/2 max-pool for
+  ImageNet-sized ones (``imagenet_stem``).
   """
 
   stage_sizes: Sequence[int] = (2, 2, 2, 2)
@@ -132,6 +156,8 @@ class ResNet(nn.Module):
   num_classes: int = 10
   norm: str = 'batch_norm'
   norm_kwargs: Mapping[str, Any] | None = None
+  bottleneck: bool = False
+  imagenet_stem: bool = False
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -139,27 +165,37 @@ class ResNet(nn.Module):
     if self.norm == 'none':
       # Identity ignores scale_init; keep the block code uniform.
       norm = lambda **_: Identity()  # noqa: E731
-    x = nn.Conv(self.widths[0], (3, 3), use_bias=False, padding='SAME')(x)
-    x = nn.relu(norm()(x))
+    if self.imagenet_stem:
+      x = nn.Conv(64, (7, 7), (2, 2), use_bias=False, padding='SAME')(x)
+      x = nn.relu(norm()(x))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='SAME')
+    else:
+      x = nn.Conv(self.widths[0], (3, 3), use_bias=False, padding='SAME')(x)
+      x = nn.relu(norm()(x))
+    block = BottleneckBlock if self.bottleneck else BasicBlock
     for i, (blocks, width) in enumerate(zip(self.stage_sizes, self.widths)):
       for j in range(blocks):
         strides = 2 if i > 0 and j == 0 else 1
-        x = BasicBlock(width, strides, norm)(x)
+        x = block(width, strides, norm)(x)
     x = jnp.mean(x, axis=(1, 2))
     return nn.Dense(self.num_classes)(x)
 
 
-RESNETS = {
-  'resnet18': ((2, 2, 2, 2), (64, 128, 256, 512)),
-  'resnet44': ((7, 7, 7), (16, 32, 64)),
-  'wresnet16_4': ((2, 2, 2), (64, 128, 256)),
+RESNETS = {  # name: (stage sizes, widths, bottleneck)
+  'resnet18': ((2, 2, 2, 2), (64, 128, 256, 512), False),
+  'resnet44': ((7, 7, 7), (16, 32, 64), False),
+  'wresnet16_4': ((2, 2, 2), (64, 128, 256), False),
+  'resnet50': ((3, 4, 6, 3), (64, 128, 256, 512), True),
+  'resnet101': ((3, 4, 23, 3), (64, 128, 256, 512), True),
 }
 
 MODELS = ('mlp', 'cnn1d', 'rnn', *RESNETS)
 
 
-def create_model(config, num_classes: int) -> nn.Module:
-  """The model a ``config.model`` block names."""
+def create_model(
+  config, num_classes: int, input_shape: Sequence[int] | None = None
+) -> nn.Module:
+  """The model ``config.model`` names, for inputs of ``input_shape``."""
   name = config.name
   norm_kwargs = dict(config.get('norm_kwargs', {}) or {})
   common = dict(
@@ -170,8 +206,14 @@ def create_model(config, num_classes: int) -> nn.Module:
   if name == 'cnn1d':
     return CNN1D(channels=tuple(config.channels), **common)
   if name in RESNETS:
-    stages, widths = RESNETS[name]
-    return ResNet(stage_sizes=stages, widths=widths, **common)
+    stages, widths, bottleneck = RESNETS[name]
+    return ResNet(
+      stage_sizes=stages,
+      widths=widths,
+      bottleneck=bottleneck,
+      imagenet_stem=input_shape is not None and input_shape[0] >= 64,
+      **common,
+    )
   if name == 'rnn':
     from batchax.experiments import recurrent
 

@@ -17,7 +17,7 @@ import optax
 
 from batchax.experiments import regime
 
-SCHEDULES = ('constant', 'warmup_cosine', 'piecewise')
+SCHEDULES = ('constant', 'warmup_cosine', 'piecewise', 'sample_warmup_cosine')
 
 
 def create_schedule(config, learning_rate: float, num_train_steps: int):
@@ -31,6 +31,17 @@ def create_schedule(config, learning_rate: float, num_train_steps: int):
       peak_value=learning_rate,
       warmup_steps=config.warmup_steps,
       decay_steps=max(num_train_steps, config.warmup_steps + 1),
+      end_value=learning_rate * config.end_factor,
+    )
+  if name == 'sample_warmup_cosine':
+    # Measured in examples seen, as the AdAdaGrad code: a growing batch
+    # follows the same schedule per sample.
+    from batchax import optimizers as bo
+
+    return bo.sample_warmup_cosine_schedule(
+      learning_rate,
+      config.warmup_samples,
+      config.decay_samples,
       end_value=learning_rate * config.end_factor,
     )
   if name == 'piecewise':
@@ -103,6 +114,12 @@ def regime_schedule(config, learning_rate: float, num_train_examples: int):
 def create_optimizer(config, num_train_examples: int):
   """Builds the optimizer from ``config.optimizer/schedule/regime``.
 
+  ``config.adaptive_batch.test != 'none'`` chains AdAdaGrad's
+  ``adaptive_batch_size`` test in front of any optimizer (AdAdaGrad is
+  ``name='adagrad'``, AdAdaGrad-Norm ``name='adagrad_norm'``, the paper's
+  larger runs ``name='sgd'``); the batch starts at ``config.batch_size``
+  and grows on the grid of ``config.micro_batch_size``.
+
   Returns:
     ``(tx, schedule, num_train_steps)``: the transform (with extra-args
     support), the learning-rate schedule of the step, and the number of
@@ -121,6 +138,13 @@ def create_optimizer(config, num_train_examples: int):
   num_train_steps = num_train_steps or config.num_train_steps
   if schedule is None:
     schedule = create_schedule(config.schedule, learning_rate, num_train_steps)
+  from batchax import optimizers as bo
+
+  if isinstance(schedule, bo.SampleSchedule) and factory.__module__.startswith(
+    'optax'
+  ):
+    # optax aliases take a stateful schedule through inject_hyperparams.
+    factory = optax.inject_hyperparams(factory)
   try:
     tx = factory(learning_rate=schedule, **kwargs)
   except TypeError as e:
@@ -128,6 +152,21 @@ def create_optimizer(config, num_train_examples: int):
       f'optimizer {opt.name!r} rejected kwargs {sorted(kwargs)}: {e}'
     ) from e
   parts = []
+  adaptive = config.adaptive_batch
+  if adaptive.test != 'none':
+    parts.append(
+      bo.adaptive_batch_size(
+        adaptive.test,
+        initial_batch_size=config.batch_size,
+        max_batch_size=adaptive.max_batch_size,
+        micro_batch_size=config.micro_batch_size,
+        eta=adaptive.eta,
+        theta=adaptive.theta,
+        nu=adaptive.nu,
+        test_interval=adaptive.test_interval,
+        layerwise=adaptive.layerwise,
+      )
+    )
   if opt.clip_global_norm > 0:
     parts.append(optax.clip_by_global_norm(opt.clip_global_norm))
   if opt.weight_decay > 0:

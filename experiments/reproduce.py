@@ -19,31 +19,20 @@ import importlib
 import os
 import time
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from absl import app, flags, logging
 
 from batchax.experiments import metrics as metrics_lib
 from batchax.experiments import train
-from batchax.experiments.reproductions.table import Arm, Table
+from batchax.experiments.reproductions.table import (
+  Arm,
+  Table,
+  apply_overrides,
+)
 
 TABLES = ('adadagrad', 'ghost_bn', 'layer_norm')
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def apply_overrides(config, overrides: dict[str, Any]):
-  """Sets dotted keys (``'optimizer.kwargs.eta'``) on a copy of ``config``."""
-  config = config.copy_and_resolve_references()
-  for key, value in overrides.items():
-    target = config
-    *path, last = key.split('.')
-    for part in path:
-      target = target[part]
-    if last not in target:
-      raise KeyError(f'Override {key!r} names no key of the config.')
-    target[last] = value
-  return config
 
 
 def run_arm(table: Table, arm: Arm, seed: int, workdir: str) -> list[dict]:

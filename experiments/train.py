@@ -76,7 +76,9 @@ class Trainer:
   def __init__(self, config, dataset: data_lib.Dataset, mesh):
     self.config = config
     self.mesh = mesh
-    self.model = models.create_model(config.model, dataset.num_classes)
+    self.model = models.create_model(
+      config.model, dataset.num_classes, dataset.input_shape
+    )
     self.tx, self.schedule, self.num_train_steps = optim.create_optimizer(
       config, len(dataset.train)
     )
@@ -96,8 +98,19 @@ class Trainer:
     self.create_state = jax.jit(
       self.init_state, out_shardings=self.state_shardings
     )
-    self.zero_accumulator = jax.jit(self._zero_accumulator)
-    self.grad_step = jax.jit(self._grad_step, donate_argnums=(1,))
+    # The accumulator follows the same sharding rule as the state, so every
+    # grad_step call sees one input type and compiles once.
+    acc_shardings = sharding.tree_shardings(
+      jax.eval_shape(self._zero_accumulator, self.abstract_state),
+      mesh,
+      config.mesh.min_fsdp_size,
+    )
+    self.zero_accumulator = jax.jit(
+      self._zero_accumulator, out_shardings=acc_shardings
+    )
+    self.grad_step = jax.jit(
+      self._grad_step, donate_argnums=(1,), out_shardings=acc_shardings
+    )
     self.apply_step = jax.jit(
       self._apply_step,
       donate_argnums=(0,),
@@ -131,6 +144,18 @@ class Trainer:
     """The batch size of the next step: the optimizer's, else the config's."""
     size = optax.tree_utils.tree_get(state['opt_state'], 'batch_size')
     return self.config.batch_size if size is None else int(size)
+
+  def learning_rate(self, step: int, samples_before: int) -> float:
+    """The learning rate of update ``step`` (schedules of steps or samples).
+
+    Args:
+      step: updates taken before this one.
+      samples_before: examples seen before this update.
+    """
+    fn = getattr(self.schedule, 'schedule_fn', None)  # A SampleSchedule.
+    if fn is not None:
+      return float(fn(jnp.asarray(samples_before, jnp.int32)))
+    return float(self.schedule(step))
 
   # Steps -------------------------------------------------------------------
 
@@ -386,7 +411,9 @@ def train_and_evaluate(
       metrics.update(
         batch_size=batch_size,
         samples_seen=iterator.cursor,
-        learning_rate=float(trainer.schedule(step - 1)),
+        learning_rate=trainer.learning_rate(
+          step - 1, iterator.cursor - batch_size
+        ),
       )
       if _is_eval_step(config, step) or last:
         metrics.update(trainer.evaluate(state, dataset.test))

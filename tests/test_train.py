@@ -171,6 +171,67 @@ def test_ghost_batch_norm_over_micro_batches_equals_one_batch(tmp_path):
     np.testing.assert_allclose(one[key], four[key], rtol=1e-5, err_msg=key)
 
 
+def _adaptive_config(**overrides):
+  c = small_config(**overrides)
+  c.model.norm = overrides.get('model.norm', 'none')
+  c.optimizer.name = 'adagrad_norm'
+  c.optimizer.kwargs = dict(learning_rate=1.0)
+  c.adaptive_batch.test = 'norm'
+  c.adaptive_batch.eta = 0.5
+  c.adaptive_batch.max_batch_size = 512
+  c.batch_size = c.micro_batch_size = 16
+  c.eval_batch_size = 40
+  c.num_train_steps = 12
+  c.log_every = 1
+  return c
+
+
+@pytest.mark.parametrize('norm', ['none', 'ghost_batch_norm'])
+def test_growing_batch_never_recompiles(tmp_path, monkeypatch, norm):
+  trainers = []
+  init = train.Trainer.__init__
+
+  def record(self, *args, **kwargs):
+    init(self, *args, **kwargs)
+    trainers.append(self)
+
+  monkeypatch.setattr(train.Trainer, '__init__', record)
+  c = _adaptive_config(**{'model.norm': norm})
+  if norm == 'ghost_batch_norm':
+    # Statistics per ghost: each group is one ghost, so BatchNorm couples
+    # only the examples of a group.
+    c.model.norm_kwargs = {'ghost_size': 8, 'momentum': 0.9}
+    c.adaptive_batch.group_size = 8
+  train.train_and_evaluate(c, str(tmp_path))
+  records = metrics.read_jsonl(str(tmp_path / 'metrics.jsonl'))
+  sizes = [r['batch_size'] for r in records]
+  assert sizes == sorted(sizes) and sizes[-1] > sizes[0], sizes
+  assert all(b % 16 == 0 and b <= 512 for b in sizes)
+  assert records[-1]['samples_seen'] == sum(sizes)
+  (trainer,) = trainers
+  assert trainer.grad_step._cache_size() == 1
+  assert trainer.apply_step._cache_size() == 1
+
+
+def test_adaptive_batch_resumes_with_its_batch_size(tmp_path):
+  whole = tmp_path / 'whole'
+  train.train_and_evaluate(_adaptive_config(), str(whole))
+  part = tmp_path / 'part'
+  c = _adaptive_config()
+  c.checkpoint_every = 1
+  c.num_train_steps = 5
+  train.train_and_evaluate(c, str(part))
+  with open(part / 'config.json', 'w') as f:  # Same run, longer budget.
+    f.write(_adaptive_config().to_json_best_effort())
+  train.train_and_evaluate(_adaptive_config(), str(part))
+  a = metrics.read_jsonl(str(whole / 'metrics.jsonl'))
+  b = metrics.read_jsonl(str(part / 'metrics.jsonl'))
+  assert [r['batch_size'] for r in a] == [r['batch_size'] for r in b]
+  np.testing.assert_allclose(
+    [r['train_loss'] for r in a], [r['train_loss'] for r in b], rtol=1e-6
+  )
+
+
 def test_non_finite_update_is_skipped_and_counted():
   c = small_config()
   trainer = train.Trainer(c, data.load_digits(), sharding.make_mesh(c.mesh))

@@ -5,7 +5,8 @@ Prepare the data once on a machine with internet (runs never download)::
   tfds build cifar10 --data_dir=$HOME/tensorflow_datasets \
       --file_format=array_record
 
-Run (one GPU or TPU host, about 40 minutes on one A100-class GPU)::
+Hardware: one GPU or TPU host, about 40 minutes on one A100-class GPU.
+Run::
 
   python -m batchax.experiments.train \
       --config batchax/experiments/configs/cifar10_resnet18.py \

@@ -25,6 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
       data_dir='',  # Prepared TFDS data; runs never download.
       train_split='train',
       test_split='test',
+      image_size=0,  # TFDS: > 0 resizes and centre-crops (ImageNet: 224).
     )
   )
   c.model = ml_collections.ConfigDict(
@@ -54,6 +55,22 @@ def base_config() -> ml_collections.ConfigDict:
       end_factor=0.0,
       boundaries=(),  # piecewise: steps
       scales=(),  # piecewise: multiplicative factors at the boundaries
+      warmup_samples=0,  # sample_warmup_cosine: in examples seen
+      decay_samples=1,  # sample_warmup_cosine: in examples seen
+    )
+  )
+  # AdAdaGrad's adaptive batch size in front of the optimizer (Lau et al.).
+  c.adaptive_batch = ml_collections.ConfigDict(
+    dict(
+      test='none',  # none | norm | inner_product | orthogonality | augmented
+      # | coordinate (experimental)
+      eta=0.1,  # norm and coordinate tests
+      theta=0.1,  # inner-product test
+      nu=0.1,  # orthogonality test
+      max_batch_size=8192,
+      test_interval=1,
+      layerwise=False,  # the official code's per-tensor ip/orth tests
+      group_size=1,  # 1: per-example statistics; m > 1: groups of m
     )
   )
   # Large-batch regime of Hoffer et al. (2017); see optim.regime_schedule.
@@ -69,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.batch_size = 64
   c.micro_batch_size = 64  # Fixed shape of every compiled step.
-  c.eval_batch_size = 500
+  c.eval_batch_size = 1000
   c.num_train_steps = 1500  # <= 0: stop on sample_budget only.
   c.sample_budget = 0  # > 0: stop once this many examples were seen.
   c.log_every = 50

@@ -52,14 +52,30 @@ def base_config():
   return c
 
 
-_LB = {'batch_size': LARGE, 'micro_batch_size': LARGE}
-_LR = {**_LB, 'regime.sqrt_lr_scaling': True}
-_GBN = {
-  **_LR,
-  'model.norm': 'ghost_batch_norm',
-  'model.norm_kwargs': dict(momentum=0.9, ghost_size=SMALL),
-}
-_RA = {**_GBN, 'regime.adapt_epochs': True}
+def regime_arms(
+  large: int, ghost: int, micro_batch: int | None = None
+) -> dict[str, dict]:
+  """Config overrides of the paper's columns, each adding to the previous.
+
+  The small-batch run is the base config (batch = ghost = regime reference);
+  ``micro_batch`` splits the large batch into micro-batches (a multiple of
+  ``ghost``) when it does not fit in memory at once.
+  """
+  lb = {'batch_size': large, 'micro_batch_size': micro_batch or large}
+  lr = {**lb, 'regime.sqrt_lr_scaling': True}
+  gbn = {
+    **lr,
+    'model.norm': 'ghost_batch_norm',
+    'model.norm_kwargs': dict(momentum=0.9, ghost_size=ghost),
+  }
+  ra = {**gbn, 'regime.adapt_epochs': True}
+  return {'sb': {}, 'lb': lb, 'lb_lr': lr, 'lb_lr_gbn': gbn, 'lb_lr_gbn_ra': ra}
+
+
+_COLUMNS = regime_arms(LARGE, SMALL)
+_LB, _LR, _GBN, _RA = (
+  _COLUMNS[k] for k in ('lb', 'lb_lr', 'lb_lr_gbn', 'lb_lr_gbn_ra')
+)
 
 ARMS = (
   Arm('SB', {}, f'batch {SMALL}, lr {LEARNING_RATE}, {EPOCHS} epochs'),
@@ -155,7 +171,7 @@ TABLE = Table(
     ),
     ('train loss', last('train_loss'), '.3f'),
     ('steps', last('step'), '.0f'),
-    ('||w_T - w_0||', last('weight_distance'), '.1f'),
+    ('‖w_T − w_0‖', last('weight_distance'), '.1f'),
   ),
   notes=notes,
   plot=plot,

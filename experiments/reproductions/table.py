@@ -38,3 +38,17 @@ class Table:
 def last(key: str) -> Callable[[list[dict]], float]:
   """The last logged value of ``key`` in a run."""
   return lambda records: [r[key] for r in records if key in r][-1]
+
+
+def apply_overrides(config, overrides: dict[str, Any]):
+  """Sets dotted keys (``'optimizer.kwargs.eta'``) on a copy of ``config``."""
+  config = config.copy_and_resolve_references()
+  for key, value in overrides.items():
+    target = config
+    *path, leaf = key.split('.')
+    for part in path:
+      target = target[part]
+    if leaf not in target:
+      raise KeyError(f'Override {key!r} names no key of the config.')
+    target[leaf] = value
+  return config
