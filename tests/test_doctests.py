@@ -1,0 +1,24 @@
+"""The Examples in the library's docstrings run and print what they say."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = (
+  'batchax.optimizers.adadagrad',
+  'batchax.layers.layer_norm',
+  'batchax.layers.ghost_batch_norm',
+  'batchax.layers.stats',
+  'batchax.experiments.regime',
+  'batchax.experiments.recurrent',
+)
+
+
+@pytest.mark.parametrize('name', MODULES)
+def test_docstring_examples(name):
+  # importlib: the packages re-export functions named like their modules.
+  module = importlib.import_module(name)
+  result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+  assert result.attempted > 0, f'no examples in {name}'
+  assert result.failed == 0, f'{result.failed} failing examples in {name}'
