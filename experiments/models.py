@@ -222,5 +222,6 @@ def create_model(
       num_classes=num_classes,
       cell=config.cell,
       layer_norm=config.norm == 'layer_norm',
+      input_norm=config.ln_input,
     )
   raise ValueError(f'Unknown model {name!r}; expected one of {MODELS}.')

@@ -42,13 +42,20 @@ class LayerNormLSTMCell(nn.RNNCellBase):
 
   ::
 
-    [i, f, o, g] = LN_h(W_h h) + LN_x(W_x x) + b
+    [i, f, o, g] = LN_h(W_h h) + LN_x(W_x x) + b      (input_norm='separate')
+    [i, f, o, g] = LN(W_h h + W_x x) + b              (input_norm='summed')
     c' = sigmoid(f) * c + sigmoid(i) * tanh(g)
     h' = sigmoid(o) * tanh(LN_c(c'))
+
+  ``'separate'`` is the LN-LSTM of the paper's experiments. With a single
+  input feature it sees only the sign of the input: ``LN_x(x w) =
+  sign(x) LN_x(w)``. ``'summed'`` normalises the summed inputs of the gates,
+  the paper's general recurrent equation, and keeps the input's magnitude.
 
   Attributes:
     features: hidden size ``H``.
     layer_norm: if False, a plain LSTM with the same parametrisation.
+    input_norm: ``'separate'`` or ``'summed'`` (above).
     epsilon: LayerNorm epsilon (inside the square root).
     kernel_init: initializer of ``W_x``.
     recurrent_kernel_init: initializer of ``W_h``.
@@ -73,6 +80,7 @@ class LayerNormLSTMCell(nn.RNNCellBase):
 
   features: int
   layer_norm: bool = True
+  input_norm: str = 'separate'
   epsilon: float = 1e-6
   kernel_init: Initializer = nn.initializers.lecun_normal()
   recurrent_kernel_init: Initializer = nn.initializers.orthogonal()
@@ -84,6 +92,10 @@ class LayerNormLSTMCell(nn.RNNCellBase):
   @nn.compact
   def __call__(self, carry, inputs):
     """One time step: returns ``((c', h'), h')``."""
+    if self.input_norm not in ('separate', 'summed'):
+      raise ValueError(
+        f"input_norm must be 'separate' or 'summed', got {self.input_norm!r}."
+      )
     c, h = carry
     dense = lambda init, name: nn.Dense(
       4 * self.features,
@@ -103,8 +115,11 @@ class LayerNormLSTMCell(nn.RNNCellBase):
         param_dtype=self.param_dtype,
         name=name,
       )
-      wx = ln('ln_input')(wx)
-      wh = ln('ln_recurrent')(wh)
+      if self.input_norm == 'summed':
+        wx, wh = ln('ln_summed')(wx + wh), 0.0
+      else:
+        wx = ln('ln_input')(wx)
+        wh = ln('ln_recurrent')(wh)
     b = self.param(
       'bias', self.bias_init, (4 * self.features,), self.param_dtype
     )
@@ -229,6 +244,8 @@ class RNNClassifier(nn.Module):
     num_classes: number of classes.
     cell: ``'lstm'`` (``LayerNormLSTMCell``) or ``'elman'`` (``ElmanCell``).
     layer_norm: per-step Layer Normalization inside the cell.
+    input_norm: LSTM only: ``'separate'`` or ``'summed'`` LayerNorm of the
+      gate inputs (see ``LayerNormLSTMCell``).
     dtype: computation dtype (default: inferred).
     epsilon: LayerNorm epsilon inside the cell (Flax's default 1e-6).
 
@@ -248,6 +265,7 @@ class RNNClassifier(nn.Module):
   num_classes: int
   cell: str = 'lstm'
   layer_norm: bool = True
+  input_norm: str = 'separate'
   dtype: Dtype | None = None
   epsilon: float = 1e-6
 
@@ -256,11 +274,13 @@ class RNNClassifier(nn.Module):
       raise ValueError(
         f'cell must be one of {sorted(_CELLS)}, got {self.cell!r}.'
       )
+    kwargs = {'input_norm': self.input_norm} if self.cell == 'lstm' else {}
     cell = _CELLS[self.cell](
       features=self.hidden,
       layer_norm=self.layer_norm,
       epsilon=self.epsilon,
       dtype=self.dtype,
+      **kwargs,
     )
     self.rnn = nn.RNN(cell)
     self.head = nn.Dense(self.num_classes, dtype=self.dtype)

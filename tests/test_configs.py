@@ -13,7 +13,13 @@ import tensorflow_datasets as tfds
 from batchax.experiments import configs, data, models, sharding, train
 
 ARGS = {
-  'cifar10_resnet44_ghost_bn': ('sb', 'lb', 'lb_lr', 'lb_lr_gbn', 'lb_lr_gbn_ra'),
+  'cifar10_resnet44_ghost_bn': (
+    'sb',
+    'lb',
+    'lb_lr',
+    'lb_lr_gbn',
+    'lb_lr_gbn_ra',
+  ),
   'cifar100_wresnet16_4_ghost_bn': ('sb', 'lb_lr_gbn_ra'),
   'cifar_resnet50_sgdm_adaptive': (
     'cifar10_norm',

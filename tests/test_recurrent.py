@@ -122,3 +122,20 @@ def test_lstm_matches_paper_form_by_hand():
 def test_unknown_cell():
   with pytest.raises(ValueError, match='cell must be one of'):
     RNNClassifier(4, 2, cell='gru').init(jax.random.key(0), jnp.ones((1, 3, 1)))
+
+
+def test_summed_input_norm_keeps_the_input_magnitude():
+  """Separate LN of a 1-feature input sees only its sign; summed LN does not."""
+  x = jnp.full((1, 5, 1), 0.5)
+  outputs = {}
+  for mode in ('separate', 'summed'):
+    model = RNNClassifier(hidden=8, num_classes=3, input_norm=mode)
+    variables = model.init(jax.random.key(0), x)
+    outputs[mode] = [
+      model.apply(variables, scale * x, method=model.hidden_states)
+      for scale in (1.0, 3.0)
+    ]
+  # Separate LN: every step is invariant to the input's scale. Summed LN:
+  # from step 1 on the recurrent term makes the scale visible.
+  np.testing.assert_allclose(*outputs['separate'], atol=1e-5)
+  assert not np.allclose(*[o[:, -1] for o in outputs['summed']], atol=1e-3)

@@ -34,6 +34,7 @@ def base_config() -> ml_collections.ConfigDict:
       channels=(32, 32, 32),  # cnn1d
       hidden=(128, 128),  # mlp; rnn uses hidden[0]
       cell='lstm',  # rnn: lstm | elman
+      ln_input='separate',  # rnn, LSTM with LayerNorm: separate | summed
       norm='none',  # none | batch_norm | layer_norm | ghost_batch_norm | ...
       norm_kwargs=ml_collections.ConfigDict(),
     )

@@ -11,7 +11,8 @@ classified from the last hidden state of a recurrent net with 128 units:
 an Elman RNN (tanh) with or without LN of the summed input
 a_t = W_x x_t + W_h h_{t-1} at every step (the paper's main equation), and an
 LSTM with or without LN in the LN-LSTM form of the paper's experiments (LN of
-W_h h and of W_x x separately, LN of the cell before the output tanh).
+W_h h and of W_x x separately, LN of the cell before the output tanh), and
+the LSTM with one LN of the summed gate inputs (LN(sum)-LSTM).
 Statistics per step, parameters shared over time; Adam at three learning
 rates, batch 64, 3 seeds. Reported: the training loss after a quarter of
 the steps and at the end, test accuracy, and loss curves.
@@ -47,22 +48,29 @@ def base_config():
 _CELL_NAMES = {'elman': 'Elman', 'lstm': 'LSTM'}
 
 
-def _arm(cell: str, layer_norm: bool, lr: float) -> Arm:
+def _arm(cell: str, layer_norm: bool, lr: float, summed=False) -> Arm:
   model = _CELL_NAMES[cell]
-  name = f'{"LN-" if layer_norm else ""}{model} lr={lr:g}'
+  prefix = ('LN(sum)-' if summed else 'LN-') if layer_norm else ''
+  name = f'{prefix}{model} lr={lr:g}'
   overrides = {
     'model.cell': cell,
     'model.norm': 'layer_norm' if layer_norm else 'none',
+    'model.ln_input': 'summed' if summed else 'separate',
     'optimizer.kwargs.learning_rate': lr,
   }
   return Arm(name, overrides, f'{model}, Adam({lr:g}), batch 64')
 
 
 ARMS = tuple(
-  _arm(cell, ln, lr)
-  for cell in ('elman', 'lstm')
+  arm
   for lr in LEARNING_RATES
-  for ln in (False, True)
+  for arm in (
+    _arm('elman', False, lr),
+    _arm('elman', True, lr),
+    _arm('lstm', False, lr),
+    _arm('lstm', True, lr),
+    _arm('lstm', True, lr, summed=True),
+  )
 )
 
 
@@ -121,9 +129,12 @@ feature per step, W_x x_t = x_t w is a fixed vector scaled by x_t, and
 LN(x_t w) = sign(x_t) LN(w): the separate LayerNorm of the input term
 erases the input's magnitude, leaving its sign. The LN-LSTM rows show a
 model that sees only signs (about 20% accuracy). Normalising the summed
-input (the LN-Elman rows, the paper's main equation) keeps the information,
-since the recurrent term is added before the statistics are taken. Use the
-separate-LN form only when inputs have several features per step.
+input (the LN-Elman and LN(sum)-LSTM rows, the paper's main equation) keeps
+the information, since the recurrent term is added before the statistics are
+taken. Use the separate-LN form only when inputs have several features per
+step. The plain Elman RNN barely learns this 40-step task in 1,500 steps
+with or without LN (vanishing gradients through tanh): compare LN there
+only at the largest learning rate, where it does start to learn.
 """
 
 TABLE = Table(
