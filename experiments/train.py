@@ -506,6 +506,14 @@ def main(argv):
   train_and_evaluate(_CONFIG.value, _WORKDIR.value)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+  """absl's flag parsing, with a plain message for an unknown config key."""
+  try:
+    return app.parse_flags_with_usage(argv)
+  except (AttributeError, KeyError) as e:  # From a --config.* override.
+    sys.exit(_unknown_config_key(e))
+
+
 if __name__ == '__main__':
   flags.mark_flag_as_required('workdir')
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -282,7 +282,7 @@ def test_workdir_of_another_config_is_refused(tmp_path):
   train.train_and_evaluate(small_config(num_train_steps=5), str(tmp_path))
   with pytest.raises(ValueError, match=r"keys \['batch_size'\] differ"):
     train.train_and_evaluate(
-      small_config(num_train_steps=5, batch_size=64, micro_batch_size=64),
+      small_config(num_train_steps=5, batch_size=64),
       str(tmp_path),
     )
 
