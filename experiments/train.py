@@ -84,7 +84,6 @@ class Trainer:
     )
     self.extra = extra_args_lib.create(config)
     self.input_shape = dataset.input_shape
-    self._batch = sharding.batch_sharding(mesh)
     self._replicated = sharding.replicated(mesh)
     abstract = jax.eval_shape(self.init_state, jax.random.key(0))
     self.state_shardings = sharding.tree_shardings(
