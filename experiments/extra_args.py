@@ -9,7 +9,10 @@ fitness function for EGGROLL) declare it through an ``ExtraArgs`` object:
 * ``accumulate(acc, loss_fn, params, batch)``: inside the jitted micro-batch
   step, adds what one micro-batch contributes; ``loss_fn(params, batch)`` is
   the mean loss of a batch with the model state held fixed;
-* ``finalize(acc)``: the keyword arguments for ``tx.update``.
+* ``finalize(acc)``: the keyword arguments for ``tx.update``;
+* ``provides_gradient`` and ``gradient(acc, params)``: whether the
+  accumulator already holds the batch's mean gradient, and that gradient
+  (then the trainer skips its own backward pass).
 
 ``create(config)`` picks the hook from ``config.optimizer.extra_args``.
 """
@@ -20,15 +23,21 @@ from typing import Any, Protocol
 
 
 class ExtraArgs(Protocol):
+  provides_gradient: bool
+
   def init(self, params) -> Any: ...
 
   def accumulate(self, acc, loss_fn, params, batch) -> Any: ...
 
   def finalize(self, acc) -> dict[str, Any]: ...
 
+  def gradient(self, acc, params) -> Any: ...
+
 
 class NoExtraArgs:
   """For optimizers that need only the gradient (and ``batch_size``)."""
+
+  provides_gradient = False
 
   def init(self, params):
     return ()
@@ -39,6 +48,9 @@ class NoExtraArgs:
   def finalize(self, acc):
     return {}
 
+  def gradient(self, acc, params):
+    raise NotImplementedError('NoExtraArgs holds no gradient.')
+
 
 class GradientStatistics:
   """AdAdaGrad's batch-size tests: gradient statistics of the whole batch.
@@ -47,8 +59,11 @@ class GradientStatistics:
   ``group_size`` examples per unit (1: exact per-example gradients), merged
   exactly across micro-batches; passed to ``update`` as ``grad_stats``. The
   loss must not couple examples (no BatchNorm in training mode), or the
-  per-example gradients are not those of a per-example loss.
+  per-example gradients are not those of a per-example loss. The merged
+  statistics hold the batch's mean gradient (equal micro-batches).
   """
+
+  provides_gradient = True
 
   def __init__(self, group_size: int = 1, per_coordinate: bool = False):
     if group_size < 1:
@@ -77,6 +92,11 @@ class GradientStatistics:
 
   def finalize(self, acc):
     return {'grad_stats': acc}
+
+  def gradient(self, acc, params):
+    from batchax import optimizers as bo
+
+    return bo.mean_gradient(acc, like=params)
 
 
 HOOKS = {'none': NoExtraArgs, 'gradient_statistics': GradientStatistics}

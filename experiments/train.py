@@ -94,6 +94,11 @@ class Trainer:
       abstract,
       self.state_shardings,
     )
+    # Batch gradient statistics already hold the mean gradient and loss:
+    # without model state to update, grad_step then needs no second backward.
+    self.gradient_from_extra = (
+      self.extra.provides_gradient and not abstract['model_state']
+    )
     self.create_state = jax.jit(
       self.init_state, out_shardings=self.state_shardings
     )
@@ -171,8 +176,11 @@ class Trainer:
 
   def _zero_accumulator(self, state) -> dict[str, Any]:
     params = state['params']
+    grads = {}
+    if not self.gradient_from_extra:
+      grads['grads'] = jax.tree.map(jnp.zeros_like, params)
     return {
-      'grads': jax.tree.map(jnp.zeros_like, params),
+      **grads,
       'loss': jnp.zeros((), jnp.float32),
       'correct': jnp.zeros((), jnp.int32),
       # A copy: grad_step donates the accumulator, never the state.
@@ -183,27 +191,34 @@ class Trainer:
   def _grad_step(self, state, acc, x, y):
     """Adds the gradient of one micro-batch to the accumulator ``acc``."""
     params = state['params']
-    (loss, (logits, model_state)), grads = jax.value_and_grad(
-      self._loss, has_aux=True
-    )(params, acc['model_state'], x, y)
 
     def example_loss(p, batch):
       # Statistics for the optimizer treat the model state as constant.
       return self._loss(p, acc['model_state'], *batch)[0]
 
+    new = {
+      'extra': self.extra.accumulate(acc['extra'], example_loss, params, (x, y))
+    }
+    if self.gradient_from_extra:  # The statistics carry gradient and loss.
+      loss, (logits, model_state) = self._loss(params, acc['model_state'], x, y)
+    else:
+      (loss, (logits, model_state)), grads = jax.value_and_grad(
+        self._loss, has_aux=True
+      )(params, acc['model_state'], x, y)
+      new['grads'] = jax.tree.map(jnp.add, acc['grads'], grads)
     return {
-      'grads': jax.tree.map(jnp.add, acc['grads'], grads),
+      **new,
       'loss': acc['loss'] + loss,
       'correct': acc['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
       'model_state': model_state,
-      'extra': self.extra.accumulate(
-        acc['extra'], example_loss, params, (x, y)
-      ),
     }
 
   def _apply_step(self, state, acc, num_micro, batch_size):
     """Averages the accumulated gradient and applies one optimizer update."""
-    grads = jax.tree.map(lambda g: g / num_micro, acc['grads'])
+    if self.gradient_from_extra:
+      grads = self.extra.gradient(acc['extra'], state['params'])
+    else:
+      grads = jax.tree.map(lambda g: g / num_micro, acc['grads'])
     updates, opt_state = self.tx.update(
       grads,
       state['opt_state'],

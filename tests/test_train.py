@@ -213,6 +213,21 @@ def test_growing_batch_never_recompiles(tmp_path, monkeypatch, norm):
   assert trainer.apply_step._cache_size() == 1
 
 
+def test_gradient_from_statistics_equals_the_backward_pass(
+  tmp_path, monkeypatch
+):
+  """Without model state the trainer reuses the statistics' mean gradient."""
+  from batchax.experiments import extra_args
+
+  reused = train.train_and_evaluate(_adaptive_config(), str(tmp_path / 'a'))
+  monkeypatch.setattr(extra_args.GradientStatistics, 'provides_gradient', False)
+  backward = train.train_and_evaluate(_adaptive_config(), str(tmp_path / 'b'))
+  for key in ('train_loss', 'grad_norm', 'batch_size', 'test_accuracy'):
+    np.testing.assert_allclose(
+      reused[key], backward[key], rtol=2e-4, err_msg=key
+    )
+
+
 def test_adaptive_batch_resumes_with_its_batch_size(tmp_path):
   whole = tmp_path / 'whole'
   train.train_and_evaluate(_adaptive_config(), str(whole))

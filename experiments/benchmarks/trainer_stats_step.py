@@ -1,0 +1,85 @@
+r"""Trainer step with AdAdaGrad statistics: reused gradient vs extra backward.
+
+With the batch-size test on, each micro-batch's gradient statistics already
+hold its mean gradient and loss. Without model state the trainer takes the
+update's gradient from them (one forward for accuracy, no backward of its
+own); this benchmark times that against the same step with the trainer's
+own backward pass, side by side in one process, and a plain step without
+the test as the baseline.
+
+  python -m batchax.experiments.benchmarks.trainer_stats_step
+
+Reports the median over interleaved repetitions of each arm's time per
+step divided by the baseline's in the same repetition.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import jax
+import numpy as np
+from absl import app, flags
+
+from batchax.experiments import data, extra_args, sharding, train
+from batchax.experiments.configs import adadagrad_mnist1d
+
+_REPS = flags.DEFINE_integer('reps', 15, 'Interleaved repetitions.')
+_STEPS = flags.DEFINE_integer('steps', 5, 'Timed steps per arm and rep.')
+_BATCH = flags.DEFINE_integer('batch', 128, 'Examples per step.')
+_MICRO = flags.DEFINE_integer('micro', 32, 'Examples per micro-batch.')
+
+
+def _trainer(dataset, test: str, reuse: bool):
+  c = adadagrad_mnist1d.get_config()
+  c.adaptive_batch.test = test
+  c.batch_size = c.adaptive_batch.max_batch_size = _BATCH.value
+  c.micro_batch_size = _MICRO.value
+  extra_args.GradientStatistics.provides_gradient = reuse
+  try:
+    trainer = train.Trainer(c, dataset, sharding.make_mesh(c.mesh))
+  finally:
+    extra_args.GradientStatistics.provides_gradient = True
+  return trainer
+
+
+def main(argv):
+  del argv
+  dataset = data.load_mnist1d()
+  arms = {
+    'no test (baseline)': _trainer(dataset, 'none', False),
+    'norm test, extra backward': _trainer(dataset, 'norm', False),
+    'norm test, reused gradient': _trainer(dataset, 'norm', True),
+  }
+  it = data.MicroBatchIterator(dataset.train, _MICRO.value, seed=0)
+  batch = it.next_batch(_BATCH.value)
+  states = {}
+  for name, t in arms.items():  # Compile and warm up.
+    state = t.create_state(jax.random.key(0))
+    state, _ = t.train_step(state, batch, _BATCH.value)
+    states[name] = state
+  times = {name: [] for name in arms}
+  for _ in range(_REPS.value):
+    order = list(arms)
+    random.shuffle(order)
+    for name in order:
+      t, state = arms[name], states[name]
+      start = time.perf_counter()
+      for _ in range(_STEPS.value):
+        state, m = t.train_step(state, batch, _BATCH.value)
+      jax.block_until_ready(m)
+      times[name].append((time.perf_counter() - start) / _STEPS.value)
+      states[name] = state
+  base = np.array(times['no test (baseline)'])
+  print('| arm | median ms / step | median ratio to baseline |')
+  print('|---|---:|---:|')
+  for name, ts in times.items():
+    ts = np.array(ts)
+    print(
+      f'| {name} | {1e3 * np.median(ts):.2f} | {np.median(ts / base):.2f} |'
+    )
+
+
+if __name__ == '__main__':
+  app.run(main)
