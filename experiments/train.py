@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -498,7 +497,7 @@ _DISTRIBUTED = flags.DEFINE_bool(
 
 
 def _initialize_distributed() -> None:
-  kwargs: dict[str, Callable | str | int] = {}
+  kwargs: dict[str, str | int] = {}
   if 'JAX_COORDINATOR_ADDRESS' in os.environ:
     kwargs = dict(
       coordinator_address=os.environ['JAX_COORDINATOR_ADDRESS'],

@@ -14,6 +14,7 @@ import pytest
 
 from batchax.experiments import data, metrics, sharding, train
 from batchax.experiments.configs import default, digits_mlp
+from batchax.experiments.reproductions.table import apply_overrides
 
 CONFIGS = os.path.dirname(default.__file__)
 
@@ -44,13 +45,7 @@ def small_config(**overrides):
   c.checkpoint_every = 15
   c.progress = False
   c.model.norm = 'batch_norm'
-  for k, v in overrides.items():
-    target = c
-    *path, last = k.split('.')
-    for p in path:
-      target = target[p]
-    target[last] = v
-  return c
+  return apply_overrides(c, overrides)
 
 
 @pytest.mark.slow
