@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from batchax.experiments import registry
+
 # Per-channel statistics used to standardise TFDS images (CIFAR-10's; close
 # enough for CIFAR-100 and ImageNet at the scale of these experiments).
 _IMAGE_MEAN = np.array([0.4914, 0.4822, 0.4465], np.float32)
@@ -212,9 +214,13 @@ def load(config) -> Dataset:
       config.test_split,
       config.get('image_size', 0),
     )
+  if name in registry.available('batchax.experiments.datasets'):
+    return registry.find('batchax.experiments.datasets', name, 'load')(config)
   raise ValueError(
-    f'Unknown data set {name!r}; expected one of {DATASETS}. For a TFDS '
-    "data set use name='tfds' and tfds_name='cifar10' (for example)."
+    f'Unknown data set {name!r}; expected one of '
+    f'{[*DATASETS, *registry.available("batchax.experiments.datasets")]}. '
+    "For a TFDS data set use name='tfds' and tfds_name='cifar10' (for "
+    'example).'
   )
 
 

@@ -57,6 +57,11 @@ class MetricWriter:
           self._tb.add_scalar(k, v, step)
     return record
 
+  def flush(self) -> None:
+    """Writes buffered TensorBoard events to disk (call at checkpoints)."""
+    if self._tb is not None:
+      self._tb.flush()
+
   def close(self) -> None:
     if self._tb is not None:
       self._tb.close()

@@ -16,6 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from batchax.experiments import registry
+
 NORMS = (
   'none',
   'batch_norm',
@@ -58,6 +60,20 @@ def make_norm(
       bl.GhostBatchNorm, use_running_average=not train, **kwargs
     )
   raise ValueError(f'Unknown normalization {name!r}; expected one of {NORMS}.')
+
+
+def check_batch_size(config, micro_batch_size: int) -> None:
+  """Raises ``ValueError`` if ``config.model`` cannot take such micro-batches.
+
+  Ghost BatchNorm splits each micro-batch into ghosts of ``ghost_size``.
+  """
+  ghost = dict(config.get('norm_kwargs', {}) or {}).get('ghost_size')
+  if ghost and micro_batch_size % ghost:
+    raise ValueError(
+      f'micro_batch_size {micro_batch_size} is not a multiple of the ghost '
+      f'size {ghost}: ghosts are slices of one micro-batch. Use a multiple '
+      f'of {ghost} (the batch size may then grow in micro-batches).'
+    )
 
 
 class MLP(nn.Module):
@@ -224,4 +240,10 @@ def create_model(
       layer_norm=config.norm == 'layer_norm',
       input_norm=config.ln_input,
     )
-  raise ValueError(f'Unknown model {name!r}; expected one of {MODELS}.')
+  if name in registry.available('batchax.experiments.architectures'):
+    create = registry.find('batchax.experiments.architectures', name, 'create')
+    return create(config, num_classes, input_shape)
+  raise ValueError(
+    f'Unknown model {name!r}; expected one of '
+    f'{[*MODELS, *registry.available("batchax.experiments.architectures")]}.'
+  )

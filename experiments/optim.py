@@ -4,9 +4,9 @@
 or any optax alias (``optax.<name>``); ``config.optimizer.kwargs`` are its
 keyword arguments, with ``learning_rate`` replaced by the schedule that
 ``config.schedule`` describes (or the large-batch regime that
-``config.regime`` describes, in epochs). Weight decay (PyTorch order: added
-to the gradient before momentum) and global-norm clipping are optional
-wrappers.
+``config.regime`` describes, in epochs). Transforms listed in
+``optimizer.before`` / ``optimizer.after`` (the adaptive batch-size test,
+clipping, weight decay) are chained around it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,8 @@ from collections.abc import Callable
 
 import optax
 
-from batchax.experiments import regime
+from batchax import optimizers as bo
+from batchax.experiments import regime, registry
 
 SCHEDULES = ('constant', 'warmup_cosine', 'piecewise', 'sample_warmup_cosine')
 
@@ -36,8 +37,6 @@ def create_schedule(config, learning_rate: float, num_train_steps: int):
   if name == 'sample_warmup_cosine':
     # Measured in examples seen, as the AdAdaGrad code: a growing batch
     # follows the same schedule per sample.
-    from batchax import optimizers as bo
-
     return bo.sample_warmup_cosine_schedule(
       learning_rate,
       config.warmup_samples,
@@ -57,9 +56,12 @@ def create_schedule(config, learning_rate: float, num_train_steps: int):
 
 
 def find_optimizer(name: str) -> Callable[..., optax.GradientTransformation]:
-  """The batchax optimizer or optax alias called ``name``."""
-  from batchax import optimizers as bo
+  """The batchax optimizer or optax alias called ``name``.
 
+  ``'module:attr'`` names a factory in any importable module.
+  """
+  if ':' in name:
+    return registry.find('', name, '')
   for module in (bo, optax):
     factory = getattr(module, name, None)
     if callable(factory) and not name.startswith('_'):
@@ -111,14 +113,31 @@ def regime_schedule(config, learning_rate: float, num_train_examples: int):
   return learning_rate, schedule, epochs * per_epoch
 
 
+def _wrappers(configs, where: str) -> list[optax.GradientTransformation]:
+  """The transforms of ``config.optimizer.<where>``, each ``{name, kwargs}``."""
+  out = []
+  for c in configs or ():
+    factory = find_optimizer(c.name)
+    kwargs = dict(c.get('kwargs', {}) or {})
+    try:
+      out.append(factory(**kwargs))
+    except TypeError as e:
+      raise ValueError(
+        f'optimizer.{where} {c.name!r} rejected kwargs {sorted(kwargs)}: {e}'
+      ) from e
+  return out
+
+
 def create_optimizer(config, num_train_examples: int):
   """Builds the optimizer from ``config.optimizer/schedule/regime``.
 
-  ``config.adaptive_batch.test != 'none'`` chains AdAdaGrad's
-  ``adaptive_batch_size`` test in front of any optimizer (AdAdaGrad is
-  ``name='adagrad'``, AdAdaGrad-Norm ``name='adagrad_norm'``, the paper's
-  larger runs ``name='sgd'``); the batch starts at ``config.batch_size``
-  and grows on the grid of ``config.micro_batch_size``.
+  ``optimizer.name`` and ``optimizer.kwargs`` give the optimizer (its
+  ``learning_rate`` becomes the schedule); ``optimizer.before`` and
+  ``optimizer.after`` are transforms chained in front of and behind it, each
+  ``{name, kwargs}`` found like the optimizer (a batchax transform such as
+  ``adaptive_batch_size``, or an optax one such as ``clip_by_global_norm`` or
+  ``add_decayed_weights``, which in front gives PyTorch's coupled weight
+  decay).
 
   Returns:
     ``(tx, schedule, num_train_steps)``: the transform (with extra-args
@@ -132,14 +151,18 @@ def create_optimizer(config, num_train_examples: int):
     raise ValueError(
       f'optimizer.kwargs must set learning_rate; got {sorted(kwargs)}.'
     )
+  lr = kwargs.pop('learning_rate')
+  if isinstance(lr, (int, float)) and not lr > 0:
+    raise ValueError(
+      f'optimizer.kwargs.learning_rate must be > 0, got {lr}; typical values '
+      'are 1e-4 to 1e-1 for Adam and 1e-2 to 1 for SGD.'
+    )
   learning_rate, schedule, num_train_steps = regime_schedule(
-    config, kwargs.pop('learning_rate'), num_train_examples
+    config, lr, num_train_examples
   )
   num_train_steps = num_train_steps or config.num_train_steps
   if schedule is None:
     schedule = create_schedule(config.schedule, learning_rate, num_train_steps)
-  from batchax import optimizers as bo
-
   if isinstance(schedule, bo.SampleSchedule) and factory.__module__.startswith(
     'optax'
   ):
@@ -151,26 +174,10 @@ def create_optimizer(config, num_train_examples: int):
     raise ValueError(
       f'optimizer {opt.name!r} rejected kwargs {sorted(kwargs)}: {e}'
     ) from e
-  parts = []
-  adaptive = config.adaptive_batch
-  if adaptive.test != 'none':
-    parts.append(
-      bo.adaptive_batch_size(
-        adaptive.test,
-        initial_batch_size=config.batch_size,
-        max_batch_size=adaptive.max_batch_size,
-        micro_batch_size=config.micro_batch_size,
-        eta=adaptive.eta,
-        theta=adaptive.theta,
-        nu=adaptive.nu,
-        test_interval=adaptive.test_interval,
-        layerwise=adaptive.layerwise,
-      )
-    )
-  if opt.clip_global_norm > 0:
-    parts.append(optax.clip_by_global_norm(opt.clip_global_norm))
-  if opt.weight_decay > 0:
-    parts.append(optax.add_decayed_weights(opt.weight_decay))
-  if parts:
-    tx = optax.chain(*parts, tx)
+  parts = [
+    *_wrappers(opt.get('before'), 'before'),
+    tx,
+    *_wrappers(opt.get('after'), 'after'),
+  ]
+  tx = optax.chain(*parts) if len(parts) > 1 else tx
   return optax.with_extra_args_support(tx), schedule, num_train_steps

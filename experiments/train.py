@@ -9,11 +9,16 @@ Usage::
 
 A step is one optimizer update on a batch of ``batch_size`` examples, built
 from ``batch_size / micro_batch_size`` micro-batches of one fixed shape. Two
-jitted functions run it: ``grad_step`` adds one micro-batch's gradient (and
-the optimizer's extra statistics) to an accumulator, ``apply_step`` averages
-and applies the update. When an optimizer changes the batch size (AdAdaGrad
-keeps it in its state as ``batch_size``), only the number of ``grad_step``
-calls changes, so nothing recompiles.
+jitted functions run it: ``grad_step`` adds one micro-batch's gradient, the
+task's metrics and the hooks' statistics to an accumulator, ``apply_step``
+averages and applies the update. When an optimizer changes the batch size
+(``batchax.optimizers.get_batch_size`` reads it from the optimizer state),
+only the number of ``grad_step`` calls changes, so nothing recompiles.
+
+The trainer knows no method. The config names the parts of a run: the task
+(loss, metrics, evaluation: ``experiments/tasks/``), the model, the
+optimizer with the transforms chained around it, and the hooks that feed it
+extra args (``experiments/hooks/``); a new method is new files.
 
 The run is resumable: the state (params, optimizer and model state, counters)
 and the data cursor are checkpointed with Orbax; a restart with the same
@@ -27,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from typing import Any
 
 import jax
@@ -39,38 +45,55 @@ from absl import app, flags, logging
 from jax.experimental import multihost_utils
 from ml_collections import config_flags
 
+from batchax import optimizers as bo
 from batchax.experiments import checkpoint as ckpt_lib
 from batchax.experiments import data as data_lib
-from batchax.experiments import extra_args as extra_args_lib
+from batchax.experiments import hooks as hooks_lib
 from batchax.experiments import metrics as metrics_lib
-from batchax.experiments import models, optim, sharding
+from batchax.experiments import models, optim, sharding, tasks
 
 _DEFAULT_CONFIG = os.path.join(
   os.path.dirname(__file__), 'configs', 'default.py'
 )
 
 # Keys that may differ between a run and the checkpoint it resumes from:
-# they change how a run is observed, not what it computes.
-_RESUMABLE_KEYS = ('progress', 'log_every', 'eval_every', 'checkpoint_every')
-
-
-def _cross_entropy(logits, labels):
-  return optax.softmax_cross_entropy_with_integer_labels(
-    logits.astype(jnp.float32), labels
-  )
+# they change how a run is observed or how long it goes on, not what the
+# steps already taken computed. (A longer run changes schedules that depend
+# on its length from the resumed step on.)
+_RESUMABLE_KEYS = (
+  'progress',
+  'log_every',
+  'eval_every',
+  'checkpoint_every',
+  'max_to_keep',
+  'num_train_steps',
+  'sample_budget',
+)
 
 
 def _tree_where(pred, on_true, on_false):
   return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
 
 
-def _all_finite(tree) -> jax.Array:
+def _leaf_finite(tree) -> jax.Array:
+  """One bool per leaf of ``tree``: all its entries are finite."""
   leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
-  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+  return jnp.stack(leaves) if leaves else jnp.ones((0,), bool)
+
+
+def _optimizer_sets_batch_size(opt_state) -> bool:
+  """Whether the optimizer state holds the batch size of the next step."""
+  try:
+    bo.get_batch_size(opt_state)
+  except ValueError as e:
+    if 'found 0' in str(e):
+      return False
+    raise
+  return True
 
 
 class Trainer:
-  """The model, optimizer and jitted step functions of one run."""
+  """The model, task, optimizer, hooks and jitted step functions of a run."""
 
   def __init__(self, config, dataset: data_lib.Dataset, mesh):
     self.config = config
@@ -78,11 +101,16 @@ class Trainer:
     self.model = models.create_model(
       config.model, dataset.num_classes, dataset.input_shape
     )
+    self.task = tasks.create(config, self.model)
     self.tx, self.schedule, self.num_train_steps = optim.create_optimizer(
       config, len(dataset.train)
     )
-    self.extra = extra_args_lib.create(config)
-    self.input_shape = dataset.input_shape
+    self.hooks = hooks_lib.create(config.get('hooks', ()))
+    # One micro-batch's shapes and dtypes (the task reads what it needs).
+    self.batch_spec = tuple(
+      jax.ShapeDtypeStruct((config.micro_batch_size, *a.shape[1:]), a.dtype)
+      for a in dataset.train.get(np.arange(1))
+    )
     self._replicated = sharding.replicated(mesh)
     abstract = jax.eval_shape(self.init_state, jax.random.key(0))
     self.state_shardings = sharding.tree_shardings(
@@ -93,21 +121,23 @@ class Trainer:
       abstract,
       self.state_shardings,
     )
-    # Batch gradient statistics already hold the mean gradient and loss:
-    # without model state to update, grad_step then needs no second backward.
-    self.gradient_from_extra = (
-      self.extra.provides_gradient and not abstract['model_state']
+    self.optimizer_batch_size = _optimizer_sets_batch_size(
+      abstract['opt_state']
     )
+    self.leaf_names = [
+      jax.tree_util.keystr(k)
+      for k, _ in jax.tree_util.tree_flatten_with_path(abstract['params'])[0]
+    ]
     self.create_state = jax.jit(
       self.init_state, out_shardings=self.state_shardings
     )
     # The accumulator follows the same sharding rule as the state, so every
     # grad_step call sees one input type and compiles once.
+    abstract_acc = jax.eval_shape(self._zero_accumulator, self.abstract_state)
     acc_shardings = sharding.tree_shardings(
-      jax.eval_shape(self._zero_accumulator, self.abstract_state),
-      mesh,
-      config.mesh.min_fsdp_size,
+      abstract_acc, mesh, config.mesh.min_fsdp_size
     )
+    self._check_update(abstract, abstract_acc)
     self.zero_accumulator = jax.jit(
       self._zero_accumulator, out_shardings=acc_shardings
     )
@@ -121,13 +151,31 @@ class Trainer:
     )
     self.eval_step = jax.jit(self._eval_step)
 
+  def _check_update(self, abstract_state, abstract_acc) -> None:
+    """Traces one update, so a missing extra arg fails before any work."""
+    try:
+      jax.eval_shape(
+        self._apply_step,
+        abstract_state,
+        abstract_acc,
+        jnp.float32(1),
+        jnp.int32(self.config.batch_size),
+      )
+    except (TypeError, ValueError, KeyError) as e:
+      raise ValueError(
+        f'The optimizer cannot update with the hooks {self.hooks.provides} '
+        f'of config.hooks: {e}'
+      ) from e
+
   # State -------------------------------------------------------------------
 
   def init_state(self, rng) -> dict[str, Any]:
     """The initial train state (traced under ``jax.jit``/``eval_shape``)."""
     init_rng, rng = jax.random.split(rng)
-    x = jnp.zeros((1, *self.input_shape), jnp.float32)
-    variables = self.model.init(init_rng, x, train=False)
+    example = jnp.zeros(
+      (1, *self.batch_spec[0].shape[1:]), self.batch_spec[0].dtype
+    )
+    variables = self.task.init_variables(init_rng, example)
     params = variables.pop('params')
     extra = {}
     if self.config.track_weight_distance:
@@ -145,8 +193,9 @@ class Trainer:
 
   def batch_size(self, state) -> int:
     """The batch size of the next step: the optimizer's, else the config's."""
-    size = optax.tree_utils.tree_get(state['opt_state'], 'batch_size')
-    return self.config.batch_size if size is None else int(size)
+    if self.optimizer_batch_size:
+      return int(bo.get_batch_size(state['opt_state']))
+    return self.config.batch_size
 
   def learning_rate(self, step: int, samples_before: int) -> float:
     """The learning rate of update ``step`` (schedules of steps or samples).
@@ -162,71 +211,83 @@ class Trainer:
 
   # Steps -------------------------------------------------------------------
 
-  def _loss(self, params, model_state, x, y):
-    variables = {'params': params, **model_state}
-    if model_state:
-      logits, new_model_state = self.model.apply(
-        variables, x, train=True, mutable=list(model_state)
-      )
-    else:
-      logits, new_model_state = self.model.apply(variables, x, train=True), {}
-    loss = jnp.mean(_cross_entropy(logits, y))
-    return loss, (logits, dict(new_model_state))
-
   def _zero_accumulator(self, state) -> dict[str, Any]:
     params = state['params']
-    grads = {}
-    if not self.gradient_from_extra:
-      grads['grads'] = jax.tree.map(jnp.zeros_like, params)
+    means = jax.eval_shape(
+      lambda p, s, b: self.task.loss(p, s, b, jax.random.key(0))[1][0],
+      params,
+      state['model_state'],
+      self.batch_spec,
+    )
     return {
-      **grads,
+      'grads': jax.tree.map(jnp.zeros_like, params),
       'loss': jnp.zeros((), jnp.float32),
-      'correct': jnp.zeros((), jnp.int32),
+      'metrics': jax.tree.map(lambda m: jnp.zeros(m.shape, m.dtype), means),
       # A copy: grad_step donates the accumulator, never the state.
       'model_state': jax.tree.map(jnp.copy, state['model_state']),
-      'extra': self.extra.init(params),
+      'hooks': self.hooks.init(params),
     }
 
-  def _grad_step(self, state, acc, x, y):
-    """Adds the gradient of one micro-batch to the accumulator ``acc``."""
+  def _grad_step(self, state, acc, batch, micro_index):
+    """Adds one micro-batch to the accumulator ``acc``."""
     params = state['params']
+    key = jax.random.fold_in(
+      jax.random.wrap_key_data(state['rng']), state['step']
+    )
+    micro_key = jax.random.fold_in(key, micro_index)
 
-    def example_loss(p, batch):
-      # Statistics for the optimizer treat the model state as constant.
-      return self._loss(p, acc['model_state'], *batch)[0]
+    def loss_fn(p, b):
+      return self.task.loss(p, acc['model_state'], b, micro_key)
 
-    new = {
-      'extra': self.extra.accumulate(acc['extra'], example_loss, params, (x, y))
-    }
-    if self.gradient_from_extra:  # The statistics carry gradient and loss.
-      loss, (logits, model_state) = self._loss(params, acc['model_state'], x, y)
+    ctx = hooks_lib.Context(
+      params=params,
+      batch=batch,
+      loss_fn=loss_fn,
+      apply_fn=self.model.apply,
+      model_state=acc['model_state'],
+      opt_state=state['opt_state'],
+      step=state['step'],
+      key=key,
+      micro_key=micro_key,
+      task=self.task,
+    )
+    hook_acc, given = self.hooks.accumulate(acc['hooks'], ctx)
+    if given is not None and given.aux is not None:
+      grads, loss, aux = given.grads, given.loss, given.aux
+    elif given is not None or not self.task.needs_gradient:
+      loss, aux = loss_fn(params, batch)  # Forward only.
+      grads = given.grads if given is not None else None
     else:
-      (loss, (logits, model_state)), grads = jax.value_and_grad(
-        self._loss, has_aux=True
-      )(params, acc['model_state'], x, y)
-      new['grads'] = jax.tree.map(jnp.add, acc['grads'], grads)
+      (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        params, batch
+      )
+    metrics, model_state = aux
+    new_grads = acc['grads']
+    if grads is not None:
+      new_grads = jax.tree.map(jnp.add, acc['grads'], grads)
     return {
-      **new,
+      'grads': new_grads,
       'loss': acc['loss'] + loss,
-      'correct': acc['correct'] + jnp.sum(jnp.argmax(logits, -1) == y),
+      'metrics': jax.tree.map(jnp.add, acc['metrics'], metrics),
       'model_state': model_state,
+      'hooks': hook_acc,
     }
 
   def _apply_step(self, state, acc, num_micro, batch_size):
     """Averages the accumulated gradient and applies one optimizer update."""
-    if self.gradient_from_extra:
-      grads = self.extra.gradient(acc['extra'], state['params'])
-    else:
-      grads = jax.tree.map(lambda g: g / num_micro, acc['grads'])
+    grads = jax.tree.map(lambda g: g / num_micro, acc['grads'])
     updates, opt_state = self.tx.update(
       grads,
       state['opt_state'],
       state['params'],
       batch_size=batch_size,
-      **self.extra.finalize(acc['extra']),
+      **self.hooks.finalize(acc['hooks'], num_micro),
     )
     params = optax.apply_updates(state['params'], updates)
-    finite = _all_finite((grads, params, opt_state, acc['model_state']))
+    finite_grads = _leaf_finite(grads)
+    finite = jnp.all(finite_grads) & jnp.all(
+      _leaf_finite((params, opt_state, acc['model_state']))
+    )
     skip = jnp.logical_not(finite).astype(jnp.int32)
     new_state = {
       **state,
@@ -239,14 +300,16 @@ class Trainer:
       'skipped': state['skipped'] + skip,
       'consecutive_skipped': (state['consecutive_skipped'] + skip) * skip,
     }
+    means = jax.tree.map(lambda m: m / num_micro, acc['metrics'])
     metrics = {
+      **self.task.train_metrics(means),
       'train_loss': acc['loss'] / num_micro,
-      'train_accuracy': acc['correct'] / batch_size,
       'grad_norm': optax.tree.norm(grads),
       'update_norm': optax.tree.norm(updates),
       'param_norm': optax.tree.norm(new_state['params']),
       'skipped_steps': new_state['skipped'],
       'consecutive_skipped': new_state['consecutive_skipped'],
+      'finite_grads': finite_grads,
     }
     if 'init_params' in state:
       metrics['weight_distance'] = optax.tree.norm(
@@ -254,31 +317,29 @@ class Trainer:
       )
     return new_state, metrics
 
-  def _eval_step(self, state, x, y, mask):
-    variables = {'params': state['params'], **state['model_state']}
-    logits = self.model.apply(variables, x, train=False)
-    loss = _cross_entropy(logits, y)
-    correct = jnp.argmax(logits, -1) == y
-    return {
-      'loss': jnp.sum(jnp.where(mask, loss, 0.0)),
-      'correct': jnp.sum(jnp.where(mask, correct, False)),
-      'count': jnp.sum(mask),
-    }
+  def _eval_step(self, state, model_state, batch, mask):
+    return self.task.eval_sums(state['params'], model_state, batch, mask)
 
   # Loops -------------------------------------------------------------------
 
   def train_step(self, state, micro_batches: list, batch_size: int):
     acc = self.zero_accumulator(state)
-    for x, y in micro_batches:
-      x, y = sharding.global_batch((x, y), self.mesh)
-      acc = self.grad_step(state, acc, x, y)
+    for i, batch in enumerate(micro_batches):
+      batch = sharding.global_batch(tuple(batch), self.mesh)
+      acc = self.grad_step(state, acc, batch, jnp.int32(i))
     num_micro = jnp.array(len(micro_batches), jnp.float32)
     return self.apply_step(
       state, acc, num_micro, jnp.array(batch_size, jnp.int32)
     )
 
   def evaluate(self, state, source) -> dict[str, float]:
-    totals = {'loss': 0.0, 'correct': 0, 'count': 0}
+    """The task's test metrics over ``source``.
+
+    A task that adapts at test time carries its model state from batch to
+    batch, starting from the trained one; the train state never changes.
+    """
+    totals: dict[str, float] = {}
+    model_state = state['model_state']
     for x, y, mask in data_lib.eval_batches(
       source,
       self.config.eval_batch_size,
@@ -286,12 +347,12 @@ class Trainer:
       jax.process_count(),
     ):
       x, y, mask = sharding.global_batch((x, y, mask), self.mesh)
-      out = jax.device_get(self.eval_step(state, x, y, mask))
-      totals = {k: totals[k] + out[k] for k in totals}
-    return {
-      'test_loss': float(totals['loss'] / totals['count']),
-      'test_accuracy': float(totals['correct'] / totals['count']),
-    }
+      sums, new_state = self.eval_step(state, model_state, (x, y), mask)
+      if self.task.mutable_eval:
+        model_state = new_state
+      for k, v in jax.device_get(sums).items():
+        totals[k] = totals.get(k, 0) + v
+    return self.task.eval_metrics(totals)
 
 
 def validate_config(config, mesh) -> None:
@@ -312,17 +373,11 @@ def validate_config(config, mesh) -> None:
       f'micro_batch_size {m} does not split over the {shards} data-parallel '
       f'devices of the mesh {dict(mesh.shape)}; use a multiple of {shards}.'
     )
-  ghost = dict(config.model.get('norm_kwargs', {})).get('ghost_size')
-  if ghost and m % ghost:
+  models.check_batch_size(config.model, m)
+  if config.eval_batch_size <= 0 or config.eval_batch_size % shards:
     raise ValueError(
-      f'micro_batch_size {m} is not a multiple of the ghost size {ghost}: '
-      'ghosts are slices of one micro-batch. Use a multiple of '
-      f'{ghost} (the batch size may then grow in micro-batches).'
-    )
-  if config.eval_batch_size % shards:
-    raise ValueError(
-      f'eval_batch_size {config.eval_batch_size} is not a multiple of the '
-      f'{shards} data-parallel devices.'
+      f'eval_batch_size {config.eval_batch_size} must be a positive multiple '
+      f'of the {shards} data-parallel devices.'
     )
   if (
     config.num_train_steps <= 0
@@ -333,10 +388,21 @@ def validate_config(config, mesh) -> None:
       'Set num_train_steps, sample_budget or regime.num_epochs to a '
       'positive int.'
     )
+  for key in ('log_every', 'checkpoint_every', 'max_to_keep'):
+    if config[key] <= 0:
+      raise ValueError(f'{key} must be > 0, got {config[key]}.')
+  if config.eval_every < 0 or config.max_consecutive_skips < 0:
+    raise ValueError('eval_every and max_consecutive_skips must be >= 0.')
+
+
+class WorkdirError(ValueError):
+  """The workdir cannot hold this run (one line says why)."""
 
 
 def _check_workdir(config, workdir: str) -> None:
-  """Refuses to resume a workdir whose checkpoints belong to another config."""
+  """Refuses a workdir that is a file or holds a run of another config."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir {workdir} is a file, not a directory.')
   path = os.path.join(workdir, 'config.json')
   if not os.path.exists(path):
     return
@@ -349,29 +415,52 @@ def _check_workdir(config, workdir: str) -> None:
     if k not in _RESUMABLE_KEYS and old.get(k) != new.get(k)
   )
   if differing:
-    raise ValueError(
+    raise WorkdirError(
       f'{workdir} holds a run of a different config (keys {differing} '
       'differ). Use a new --workdir, or delete the old one to start over.'
     )
 
 
+def _write_config(config, workdir: str) -> None:
+  """Creates ``workdir`` and writes ``config.json`` (atomically)."""
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if jax.process_index() == 0:  # Atomic: other processes may read it.
+      tmp = os.path.join(workdir, f'.config.json.{os.getpid()}')
+      with open(tmp, 'w') as f:
+        f.write(config.to_json_best_effort(indent=2))
+      os.replace(tmp, os.path.join(workdir, 'config.json'))
+  except OSError as e:
+    raise WorkdirError(
+      f'Cannot write to --workdir {workdir}: {e.strerror or e}. Choose a '
+      'writable directory.'
+    ) from e
+
+
+def _nonfinite_record(trainer, metrics, step: int) -> dict:
+  """The metrics of a failing step, naming the non-finite gradient leaves."""
+  finite = np.asarray(metrics.pop('finite_grads'))
+  bad = [n for n, ok in zip(trainer.leaf_names, finite) if not ok]
+  return {**metrics, 'nonfinite_grad_leaves': bad, 'step': step}
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
-  """Trains and evaluates per ``config``; returns the last metrics record."""
+  """Trains and evaluates per ``config``; returns the last metrics record.
+
+  Everything is validated (sizes, names, hyperparameters, data, that the
+  optimizer gets the extra args it needs) before the workdir is touched, so
+  a failed start leaves nothing behind.
+  """
   jax.config.update('jax_threefry_partitionable', True)
   mesh = sharding.make_mesh(config.mesh)
   validate_config(config, mesh)
-  os.makedirs(workdir, exist_ok=True)
-  _check_workdir(config, workdir)
-  if jax.process_index() == 0:  # Atomic: other processes may read it.
-    tmp = os.path.join(workdir, f'.config.json.{os.getpid()}')
-    with open(tmp, 'w') as f:
-      f.write(config.to_json_best_effort(indent=2))
-    os.replace(tmp, os.path.join(workdir, 'config.json'))
-
   dataset = data_lib.load(config.dataset)
   trainer = Trainer(config, dataset, mesh)
+  _check_workdir(config, workdir)
+  _write_config(config, workdir)
+
   checkpointer = ckpt_lib.Checkpointer(workdir, max_to_keep=config.max_to_keep)
   iterator = data_lib.MicroBatchIterator(
     dataset.train,
@@ -405,48 +494,80 @@ def train_and_evaluate(
     desc='train',
     file=sys.stderr,
   )
-  while not done(step):
-    batch_size = trainer.batch_size(state)
-    state, metrics = trainer.train_step(
-      state, iterator.next_batch(batch_size), batch_size
-    )
-    step += 1
-    progress.update(1)
-    last = done(step)
-    if step % config.log_every == 0 or last or _is_eval_step(config, step):
-      metrics = jax.device_get(metrics)
-      if int(metrics['consecutive_skipped']) > config.max_consecutive_skips:
-        raise FloatingPointError(
-          f'{int(metrics["consecutive_skipped"])} consecutive steps had '
-          f'non-finite gradients or updates (up to step {step}); stopping. '
-          'Lower the learning rate or enable optimizer.clip_global_norm.'
-        )
-      metrics.update(
-        batch_size=batch_size,
-        samples_seen=iterator.cursor,
-        learning_rate=trainer.learning_rate(
-          step - 1, iterator.cursor - batch_size
-        ),
+  start = last_log_time = time.perf_counter()
+  last_log_step, last_log_samples = step, iterator.cursor
+  first_step_seconds, first_logged = None, False
+  try:
+    while not done(step):
+      batch_size = trainer.batch_size(state)
+      state, metrics = trainer.train_step(
+        state, iterator.next_batch(batch_size), batch_size
       )
-      if _is_eval_step(config, step) or last:
-        metrics.update(trainer.evaluate(state, dataset.test))
-      record = writer.write(step, metrics)
-      progress.set_postfix(loss=f'{record["train_loss"]:.3f}', batch=batch_size)
-    if step % config.checkpoint_every == 0 or last:
-      checkpointer.save(step, state, {'cursor': iterator.cursor})
-  progress.close()
-  checkpointer.close()
-  writer.close()
+      step += 1
+      progress.update(1)
+      # One scalar a step: stop at the limit, not at the next log.
+      skipped = int(metrics['consecutive_skipped'])
+      if first_step_seconds is None:  # Compilation dominates the first step.
+        first_step_seconds = time.perf_counter() - start
+      if skipped > config.max_consecutive_skips:
+        record = writer.write(
+          step, _nonfinite_record(trainer, jax.device_get(metrics), step)
+        )
+        raise FloatingPointError(
+          f'{skipped} consecutive steps had non-finite gradients or updates '
+          f'(up to step {step}; non-finite gradients in '
+          f'{record["nonfinite_grad_leaves"] or "none"}); stopping. Lower '
+          'the learning rate or add '
+          "part('clip_by_global_norm', max_norm=1.0) to optimizer.before. "
+          f'The last metrics are in {writer.path}.'
+        )
+      last = done(step)
+      if step % config.log_every == 0 or last or _is_eval_step(config, step):
+        now = time.perf_counter()
+        interval = max(now - last_log_time, 1e-9)
+        metrics = jax.device_get(metrics)
+        metrics.pop('finite_grads')
+        metrics.update(
+          batch_size=batch_size,
+          samples_seen=iterator.cursor,
+          learning_rate=trainer.learning_rate(
+            step - 1, iterator.cursor - batch_size
+          ),
+          wall_seconds=now - start,
+          steps_per_second=(step - last_log_step) / interval,
+          examples_per_second=(iterator.cursor - last_log_samples) / interval,
+        )
+        if not first_logged:
+          metrics['first_step_seconds'] = first_step_seconds
+          first_logged = True
+        if _is_eval_step(config, step) or last:
+          metrics.update(trainer.evaluate(state, dataset.test))
+        record = writer.write(step, metrics)
+        progress.set_postfix(
+          loss=f'{record["train_loss"]:.3f}', batch=batch_size
+        )
+        last_log_time = time.perf_counter()
+        last_log_step, last_log_samples = step, iterator.cursor
+      if step % config.checkpoint_every == 0 or last:
+        checkpointer.save(step, state, {'cursor': iterator.cursor})
+        writer.flush()  # TensorBoard holds what the checkpoint holds.
+  finally:
+    progress.close()
+    checkpointer.close()  # Waits for the last asynchronous save.
+    writer.close()
   if not record:  # Resumed a finished run: report its last record.
     record = metrics_lib.read_jsonl(writer.path)[-1]
   params_path = _save_params(state, workdir)
   if jax.process_index() == 0:
+    summary = ', '.join(
+      f'{k} {record[k]:.4f}' for k in sorted(record) if k.startswith('test_')
+    )
     print(
-      f'Test accuracy {record.get("test_accuracy", float("nan")):.4f} after '
-      f'{record["step"]} steps and {record["samples_seen"]} samples.\n'
+      f'{summary or "No evaluation"} after {record["step"]} steps and '
+      f'{record["samples_seen"]} samples.\n'
       f'Metrics: {writer.path} (TensorBoard: '
       f'{os.path.join(workdir, "tensorboard")}); checkpoints: '
-      f'{checkpointer.directory}; final params: {params_path}'
+      f'{os.path.join(workdir, "checkpoints")}; final params: {params_path}'
     )
   return record
 
@@ -482,11 +603,20 @@ def _unknown_config_key(error: Exception) -> str:
 
 try:  # config_flags applies --config.* overrides while defining the flag.
   _CONFIG = config_flags.DEFINE_config_file(
-    'config', _DEFAULT_CONFIG, 'Experiment config file.', lock_config=True
+    'config',
+    _DEFAULT_CONFIG,
+    'Experiment config file; --print_config lists its keys.',
+    lock_config=True,
   )
 except (AttributeError, KeyError) as e:
   sys.exit(_unknown_config_key(e))
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory.')
+_PRINT_CONFIG = flags.DEFINE_bool(
+  'print_config',
+  False,
+  'Print the resolved config (every key --config.<key>=... can set, with '
+  'its value) and exit without training.',
+)
 _DISTRIBUTED = flags.DEFINE_bool(
   'distributed',
   False,
@@ -514,9 +644,17 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   if not flags.FLAGS['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Orbax logs every save at INFO.
+  if _PRINT_CONFIG.value:
+    print(_CONFIG.value)
+    return
+  if _WORKDIR.value is None:
+    raise app.UsageError('--workdir is required (the run directory).')
   if _DISTRIBUTED.value:
     _initialize_distributed()
-  train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  try:
+    train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  except WorkdirError as e:
+    sys.exit(f'Error: {e}')
 
 
 def parse_flags(argv: list[str]) -> list[str]:
@@ -528,5 +666,4 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 if __name__ == '__main__':
-  flags.mark_flag_as_required('workdir')
   app.run(main, flags_parser=parse_flags)

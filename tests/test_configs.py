@@ -79,8 +79,8 @@ def test_adadagrad_resnet_config_trains_on_mock_cifar(tmp_path):
   # a small MLP instead of the ResNet (built above) keeps compilation short.
   c.model.name = 'mlp'
   c.model.hidden = (32,)
-  c.adaptive_batch.eta = 0.05
-  c.adaptive_batch.max_batch_size = 64
+  c.optimizer.before[0].kwargs.eta = 0.05
+  c.optimizer.before[0].kwargs.max_batch_size = 64
   c.sample_budget = 0
   c.num_train_steps = 3
   c.eval_batch_size = 16

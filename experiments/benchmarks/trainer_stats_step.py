@@ -22,7 +22,7 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from batchax.experiments import data, extra_args, sharding, train
+from batchax.experiments import data, sharding, train
 from batchax.experiments.configs import adadagrad_mnist1d
 
 _REPS = flags.DEFINE_integer('reps', 15, 'Interleaved repetitions.')
@@ -33,15 +33,16 @@ _MICRO = flags.DEFINE_integer('micro', 32, 'Examples per micro-batch.')
 
 def _trainer(dataset, test: str, reuse: bool):
   c = adadagrad_mnist1d.get_config()
-  c.adaptive_batch.test = test
-  c.batch_size = c.adaptive_batch.max_batch_size = _BATCH.value
+  c.batch_size = _BATCH.value
   c.micro_batch_size = _MICRO.value
-  extra_args.GradientStatistics.provides_gradient = reuse
-  try:
-    trainer = train.Trainer(c, dataset, sharding.make_mesh(c.mesh))
-  finally:
-    extra_args.GradientStatistics.provides_gradient = True
-  return trainer
+  if test == 'none':
+    c.optimizer.before, c.hooks = (), ()
+  else:
+    c.optimizer.before[0].kwargs.test = test
+    c.optimizer.before[0].kwargs.max_batch_size = _BATCH.value
+    c.hooks[0].kwargs.provide_gradient = reuse
+  c = c.copy_and_resolve_references()
+  return train.Trainer(c, dataset, sharding.make_mesh(c.mesh))
 
 
 def main(argv):

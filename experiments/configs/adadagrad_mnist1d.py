@@ -24,11 +24,9 @@ def get_config():
   c.model.name = 'cnn1d'
   c.optimizer.name = 'adagrad_norm'
   c.optimizer.kwargs = dict(learning_rate=0.1)
-  c.adaptive_batch.test = 'norm'
-  c.adaptive_batch.eta = 0.25
-  c.adaptive_batch.max_batch_size = 4096
   c.batch_size = 16
   c.micro_batch_size = 16
+  default.adaptive_batch(c, 'norm', eta=0.25, max_batch_size=4096)
   c.num_train_steps = 0
   c.sample_budget = 30 * 8000  # 30 epochs of the 8,000 training examples
   c.eval_batch_size = 1000

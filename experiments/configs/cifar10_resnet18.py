@@ -31,7 +31,7 @@ def get_config():
   c.model.norm_kwargs = dict(momentum=0.9)
   c.optimizer.name = 'sgd'
   c.optimizer.kwargs = dict(learning_rate=0.1, momentum=0.9, nesterov=True)
-  c.optimizer.weight_decay = 5e-4
+  c.optimizer.before = (default.part('add_decayed_weights', weight_decay=5e-4),)
   c.schedule.name = 'warmup_cosine'
   c.schedule.warmup_steps = 1_000
   c.batch_size = 128

@@ -37,10 +37,9 @@ def get_config():
   c.schedule.warmup_samples = 1_000_000
   c.schedule.decay_samples = 10_000_000
   c.schedule.end_factor = 0.1
-  c.adaptive_batch.test = 'norm'
-  c.adaptive_batch.eta = 0.5
-  c.adaptive_batch.max_batch_size = 50_000
-  c.adaptive_batch.group_size = 8
+  default.adaptive_batch(
+    c, 'norm', eta=0.5, max_batch_size=50_000, group_size=8
+  )
   c.batch_size = 32
   c.micro_batch_size = 16
   c.num_train_steps = 0

@@ -43,8 +43,10 @@ def get_config(arm: str = 'lb_lr_gbn'):
   c.model.norm_kwargs = dict(momentum=0.9)
   c.optimizer.name = 'sgd'
   c.optimizer.kwargs = dict(learning_rate=0.1, momentum=0.9)
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.clip_global_norm = 5.0
+  c.optimizer.before = (
+    default.part('clip_by_global_norm', max_norm=5.0),
+    default.part('add_decayed_weights', weight_decay=1e-4),
+  )
   c.regime.num_epochs = 100
   c.regime.drop_epochs = (30, 60, 90)
   c.regime.reference_batch_size = SMALL

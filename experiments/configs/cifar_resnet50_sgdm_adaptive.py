@@ -41,16 +41,19 @@ def get_config(row: str = 'cifar10_norm'):
   c.model.norm_kwargs = dict(momentum=0.9)
   c.optimizer.name = 'sgd'
   c.optimizer.kwargs = dict(learning_rate=0.1, momentum=0.9)
-  c.optimizer.weight_decay = 5e-4
+  c.optimizer.before = (default.part('add_decayed_weights', weight_decay=5e-4),)
   c.schedule.name = 'sample_warmup_cosine'
   c.schedule.warmup_samples = 500_000
   c.schedule.decay_samples = 10_000_000
-  c.adaptive_batch.test = test
-  c.adaptive_batch.eta = 0.25
-  c.adaptive_batch.theta = 0.5
-  c.adaptive_batch.nu = 1.0
-  c.adaptive_batch.max_batch_size = 49_984  # 50,000 on the grid of 64
-  c.adaptive_batch.group_size = 8
+  default.adaptive_batch(
+    c,
+    test,
+    eta=0.25,
+    theta=0.5,
+    nu=1.0,
+    max_batch_size=49_984,  # 50,000 on the grid of 64
+    group_size=8,
+  )
   c.batch_size = 128
   c.micro_batch_size = 64
   c.num_train_steps = 0

@@ -39,16 +39,26 @@ def base_config() -> ml_collections.ConfigDict:
       norm_kwargs=ml_collections.ConfigDict(),
     )
   )
+  c.task = ml_collections.ConfigDict(
+    dict(
+      name='classification',  # classification | language_model | fitness
+      kwargs=ml_collections.ConfigDict(),
+    )
+  )
   c.optimizer = ml_collections.ConfigDict(
     dict(
       name='adam',  # a batchax optimizer or any optax alias
       kwargs=ml_collections.ConfigDict(dict(learning_rate=3e-3)),
-      weight_decay=0.0,  # Added to the gradient first (PyTorch order).
-      clip_global_norm=0.0,  # 0: no clipping.
-      extra_args='none',  # The trainer hook feeding extra args.
-      extra_args_kwargs=ml_collections.ConfigDict(),
+      # Transforms chained in front of / behind it, each part(name, ...):
+      # e.g. adaptive_batch_size, add_decayed_weights (in front: PyTorch's
+      # coupled weight decay), clip_by_global_norm.
+      before=(),
+      after=(),
     )
   )
+  # What optimizers need besides the gradient, each part(name, ...): e.g.
+  # part('gradient_statistics', group_size=1) for adaptive_batch_size.
+  c.hooks = ()
   c.schedule = ml_collections.ConfigDict(
     dict(
       name='constant',  # constant | warmup_cosine | piecewise
@@ -58,20 +68,6 @@ def base_config() -> ml_collections.ConfigDict:
       scales=(),  # piecewise: multiplicative factors at the boundaries
       warmup_samples=0,  # sample_warmup_cosine: in examples seen
       decay_samples=1,  # sample_warmup_cosine: in examples seen
-    )
-  )
-  # AdAdaGrad's adaptive batch size in front of the optimizer (Lau et al.).
-  c.adaptive_batch = ml_collections.ConfigDict(
-    dict(
-      test='none',  # none | norm | inner_product | orthogonality | augmented
-      # | coordinate (experimental)
-      eta=0.1,  # norm and coordinate tests
-      theta=0.1,  # inner-product test
-      nu=0.1,  # orthogonality test
-      max_batch_size=8192,
-      test_interval=1,
-      layerwise=False,  # the official code's per-tensor ip/orth tests
-      group_size=1,  # 1: per-example statistics; m > 1: groups of m
     )
   )
   # Large-batch regime of Hoffer et al. (2017); see optim.regime_schedule.
@@ -85,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
       adapt_epochs=False,  # epochs, drop_epochs *= ceil(batch_size / B_ref)
     )
   )
+  # Referenced by parts that must agree with them (adaptive_batch_size).
   c.batch_size = 64
   c.micro_batch_size = 64  # Fixed shape of every compiled step.
   c.eval_batch_size = 1000
@@ -100,6 +97,49 @@ def base_config() -> ml_collections.ConfigDict:
   c.track_weight_distance = False
   c.mesh = ml_collections.ConfigDict(
     dict(data=-1, fsdp=1, model=1, devices=-1, min_fsdp_size=2**14)
+  )
+  return c
+
+
+def part(name: str, **kwargs) -> ml_collections.ConfigDict:
+  """One entry of ``optimizer.before/after`` or ``hooks``: name and kwargs."""
+  return ml_collections.ConfigDict(
+    dict(name=name, kwargs=ml_collections.ConfigDict(kwargs))
+  )
+
+
+def adaptive_batch(
+  c: ml_collections.ConfigDict,
+  test: str = 'norm',
+  *,
+  max_batch_size: int,
+  group_size: int = 1,
+  **kwargs,
+) -> ml_collections.ConfigDict:
+  """Puts AdAdaGrad's batch-size test in front of ``c``'s optimizer.
+
+  Adds ``adaptive_batch_size(test, ...)`` first in ``optimizer.before``,
+  starting at ``c.batch_size`` on the grid of ``c.micro_batch_size`` (both
+  by reference, so overriding them keeps the test consistent), and the
+  ``gradient_statistics`` hook that feeds it. ``kwargs`` go to the test
+  (``eta``, ``theta``, ``nu``, ``test_interval``, ``layerwise``).
+  """
+  test_part = part(
+    'adaptive_batch_size',
+    test=test,
+    max_batch_size=max_batch_size,
+    **kwargs,
+  )
+  test_part.kwargs.initial_batch_size = c.get_ref('batch_size')
+  test_part.kwargs.micro_batch_size = c.get_ref('micro_batch_size')
+  c.optimizer.before = (test_part, *c.optimizer.before)
+  c.hooks = (
+    *c.hooks,
+    part(
+      'gradient_statistics',
+      group_size=group_size,
+      per_coordinate=test == 'coordinate',
+    ),
   )
   return c
 

@@ -31,15 +31,14 @@ def get_config():
   c.model.norm_kwargs = dict(momentum=0.9)
   c.optimizer.name = 'sgd'
   c.optimizer.kwargs = dict(learning_rate=2.5, momentum=0.9)
-  c.optimizer.weight_decay = 1e-4
+  c.optimizer.before = (default.part('add_decayed_weights', weight_decay=1e-4),)
   c.schedule.name = 'sample_warmup_cosine'
   c.schedule.warmup_samples = 5 * 1_281_167
   c.schedule.decay_samples = 90 * 1_281_167
   c.schedule.end_factor = 0.1
-  c.adaptive_batch.test = 'norm'
-  c.adaptive_batch.eta = 0.1
-  c.adaptive_batch.max_batch_size = 111_360
-  c.adaptive_batch.group_size = 16
+  default.adaptive_batch(
+    c, 'norm', eta=0.1, max_batch_size=111_360, group_size=16
+  )
   c.batch_size = 1024
   c.micro_batch_size = 256
   c.num_train_steps = 0

@@ -74,16 +74,19 @@ def base_config():
   return c
 
 
+def _adaptive(test: str, small: int, large: int, **kwargs) -> dict:
+  """Overrides that put the batch-size test ``test`` in front."""
+  c = default.base_config()
+  c.batch_size = c.micro_batch_size = small
+  default.adaptive_batch(c, test, max_batch_size=large, **kwargs)
+  c = c.copy_and_resolve_references()
+  return {'optimizer.before': c.optimizer.before, 'hooks': c.hooks}
+
+
 def _arms(problem: str) -> list[Arm]:
   p = PROBLEMS[problem]
   small, large = p['small'], p['large']
-  common = {
-    **p['overrides'],
-    'batch_size': small,
-    'micro_batch_size': small,
-    'adaptive_batch.max_batch_size': large,
-  }
-  constant = {'adaptive_batch.test': 'none'}
+  common = {**p['overrides'], 'batch_size': small, 'micro_batch_size': small}
   # Constant small batches take thousands of steps: log and evaluate less.
   sparse = {'log_every': 50, 'eval_every': 500}
   adagrad = {
@@ -93,12 +96,12 @@ def _arms(problem: str) -> list[Arm]:
   arms = [
     Arm(
       f'{problem}: AdaGrad-Norm b={small}',
-      {**common, **constant, **sparse},
+      {**common, **sparse},
       f'constant small batch {small}',
     ),
     Arm(
       f'{problem}: AdaGrad-Norm b={large}',
-      {**common, **constant, 'batch_size': large},
+      {**common, 'batch_size': large},
       f'constant large batch {large}',
     ),
   ]
@@ -106,7 +109,7 @@ def _arms(problem: str) -> list[Arm]:
     arms.append(
       Arm(
         f'{problem}: AdAdaGrad-Norm norm eta={eta}',
-        {**common, 'adaptive_batch.test': 'norm', 'adaptive_batch.eta': eta},
+        {**common, **_adaptive('norm', small, large, eta=eta)},
         f'norm test, eta={eta}, b0={small}, b_max={large}',
       )
     )
@@ -115,25 +118,18 @@ def _arms(problem: str) -> list[Arm]:
       f'{problem}: AdAdaGrad-Norm augmented',
       {
         **common,
-        'adaptive_batch.test': 'augmented',
-        'adaptive_batch.theta': 0.5,
-        'adaptive_batch.nu': 1.0,
+        **_adaptive('augmented', small, large, theta=0.5, nu=1.0),
       },
       'augmented inner-product test, theta=0.5, nu=1 (global statistics)',
     ),
     Arm(
       f'{problem}: AdaGrad b={small}',
-      {**common, **constant, **sparse, **adagrad},
+      {**common, **sparse, **adagrad},
       f'coordinate-wise AdaGrad (torch rule), constant batch {small}',
     ),
     Arm(
       f'{problem}: AdAdaGrad norm eta=0.25',
-      {
-        **common,
-        **adagrad,
-        'adaptive_batch.test': 'norm',
-        'adaptive_batch.eta': 0.25,
-      },
+      {**common, **adagrad, **_adaptive('norm', small, large, eta=0.25)},
       'coordinate-wise AdaGrad with the norm test, eta=0.25',
     ),
   ]

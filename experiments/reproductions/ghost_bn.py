@@ -37,8 +37,10 @@ def base_config():
   c.model.norm_kwargs = dict(momentum=0.9)
   c.optimizer.name = 'sgd'
   c.optimizer.kwargs = dict(learning_rate=LEARNING_RATE, momentum=0.9)
-  c.optimizer.weight_decay = 1e-4
-  c.optimizer.clip_global_norm = 5.0
+  c.optimizer.before = (
+    default.part('clip_by_global_norm', max_norm=5.0),
+    default.part('add_decayed_weights', weight_decay=1e-4),
+  )
   c.regime.num_epochs = EPOCHS
   c.regime.drop_epochs = (EPOCHS // 2, 3 * EPOCHS // 4)
   c.regime.reference_batch_size = SMALL

@@ -7,7 +7,9 @@ table modules never import the binary (whose flags would be defined twice).
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -41,14 +43,19 @@ def last(key: str) -> Callable[[list[dict]], float]:
 
 
 def apply_overrides(config, overrides: dict[str, Any]):
-  """Sets dotted keys (``'optimizer.kwargs.eta'``) on a copy of ``config``."""
-  config = config.copy_and_resolve_references()
+  """Sets dotted keys on a copy of ``config``; returns it resolved.
+
+  Keys are paths such as ``'optimizer.kwargs.learning_rate'`` or, into a
+  sequence of parts, ``'optimizer.before[0].kwargs.eta'``. Fields that refer
+  to an overridden one (``batch_size``) follow it.
+  """
+  config = copy.deepcopy(config)
   for key, value in overrides.items():
     target = config
-    *path, leaf = key.split('.')
+    *path, leaf = re.sub(r'\[(\d+)\]', r'.\1', key).split('.')
     for part in path:
-      target = target[part]
+      target = target[int(part)] if part.isdigit() else target[part]
     if leaf not in target:
       raise KeyError(f'Override {key!r} names no key of the config.')
     target[leaf] = value
-  return config
+  return config.copy_and_resolve_references()
