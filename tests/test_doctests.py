@@ -6,7 +6,10 @@ import importlib
 import pytest
 
 MODULES = (
-  'batchax.optimizers.adadagrad',
+  'batchax.optimizers._adadagrad',
+  'batchax.optimizers._adagrad',
+  'batchax.optimizers._gradient_statistics',
+  'batchax.optimizers._sample_schedules',
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
