@@ -166,13 +166,13 @@ class AdaptiveBatchSizeState(NamedTuple):
   requested_batch_size: jax.Array
 
 
-def _validate_int(name, value, minimum=1):
-  v = _checks.concrete(value)
-  if v is None:
-    return None
-  if float(v) != int(v) or int(v) < minimum:
-    raise ValueError(f'{name} must be an integer >= {minimum}, got {value!r}.')
-  return int(v)
+_INT32_MAX = 2**31 - 1
+
+
+def _multiple_hint(v: int, micro: int) -> str:
+  lower = v // micro * micro
+  options = [str(m) for m in (lower, lower + micro) if m > 0]
+  return f' (for example {" or ".join(options)})'
 
 
 def _validate_batch_args(
@@ -186,29 +186,45 @@ def _validate_batch_args(
   test_interval,
   coordinate_cap,
 ):
-  if test not in TESTS:
+  if not isinstance(test, str) or test not in TESTS:
     raise ValueError(f'Unknown test {test!r}; expected one of {TESTS}.')
-  for name, value in (('eta', eta), ('theta', theta), ('nu', nu)):
-    v = _checks.concrete(value)
-    if v is not None and not v > 0:
-      raise ValueError(f'{name} must be > 0, got {value!r}.')
-  c = _checks.concrete(coordinate_cap)
-  if coordinate_cap is not None and c is not None and not c > 0:
-    raise ValueError(f'coordinate_cap must be > 0, got {coordinate_cap!r}.')
-  _validate_int('test_interval', test_interval)
-  micro = _validate_int('micro_batch_size', micro_batch_size)
-  init = _validate_int('initial_batch_size', initial_batch_size)
-  cap = _validate_int('max_batch_size', max_batch_size)
+  for name, value, what in (
+    ('eta', eta, 'norm-test'),
+    ('theta', theta, 'inner-product-test'),
+    ('nu', nu, 'orthogonality-test'),
+  ):
+    _checks.positive(
+      name,
+      value,
+      f' It is the {what} constant: a smaller one asks for larger batches '
+      '(default 0.1).',
+    )
+  if coordinate_cap is not None:
+    _checks.positive(
+      'coordinate_cap',
+      coordinate_cap,
+      ' It is in examples; None caps at max_batch_size.',
+    )
+  _checks.integer('test_interval', test_interval)
+  micro = _checks.integer('micro_batch_size', micro_batch_size)
+  init = _checks.integer('initial_batch_size', initial_batch_size)
+  cap = _checks.integer('max_batch_size', max_batch_size)
+  if cap is not None and cap > _INT32_MAX:
+    raise ValueError(
+      f'max_batch_size ({cap}) must be <= 2**31 - 1: batch sizes are int32.'
+    )
   if init is not None and cap is not None and init > cap:
     raise ValueError(
-      f'initial_batch_size ({init}) must be <= max_batch_size ({cap}).'
+      f'initial_batch_size ({init}) must be <= max_batch_size ({cap}): the '
+      'batch size only grows, from initial_batch_size up to max_batch_size.'
     )
   if micro is not None:
     for name, v in (('initial_batch_size', init), ('max_batch_size', cap)):
       if v is not None and v % micro:
         raise ValueError(
-          f'{name} ({v}) must be a multiple of micro_batch_size ({micro}): '
-          'batches are accumulated from whole fixed-shape micro-batches.'
+          f'{name} ({v}) must be a multiple of micro_batch_size ({micro})'
+          f'{_multiple_hint(v, micro)}: batches are accumulated from whole '
+          'fixed-shape micro-batches.'
         )
 
 
@@ -277,10 +293,11 @@ def adaptive_batch_size(
     the keyword ``grad_stats`` (a :class:`GradientStatistics`).
 
   Raises:
-    ValueError: at construction, for an unknown test, a non-positive constant,
-      ``initial_batch_size > max_batch_size`` or batch sizes that are not
-      multiples of ``micro_batch_size``; in ``update``, when ``grad_stats`` is
-      missing.
+    ValueError: at construction, for an unknown test, a non-positive or
+      non-scalar constant, batch sizes or ``test_interval`` that are not
+      positive integers, ``initial_batch_size > max_batch_size`` or batch
+      sizes that are not multiples of ``micro_batch_size``; in ``update``,
+      when ``grad_stats`` is missing.
 
   Example:
     The test composes with any optimizer, here SGD with momentum:
@@ -467,6 +484,11 @@ def adadagrad(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Raises:
+    ValueError: if ``learning_rate`` is neither a positive number nor a
+      schedule, or for the hyperparameters that :func:`adaptive_batch_size`
+      and the update rule reject.
+
   Example:
     >>> import jax, jax.numpy as jnp, optax
     >>> import batchax.optimizers as bo
@@ -487,6 +509,7 @@ def adadagrad(
     Lau, Liu and Kolar, `AdAdaGrad: Adaptive Batch Size Schemes for Adaptive
     Gradient Methods <https://arxiv.org/abs/2402.11215>`_, 2024.
   """
+  _checks.learning_rate(learning_rate)
   return optax.chain(
     adaptive_batch_size(
       test,
@@ -556,6 +579,11 @@ def adadagrad_norm(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Raises:
+    ValueError: if ``learning_rate`` is neither a positive number nor a
+      schedule, or for the hyperparameters that :func:`adaptive_batch_size`
+      and the update rule reject.
+
   Example:
     >>> import batchax.optimizers as bo
     >>> opt = bo.adadagrad_norm(0.1, initial_batch_size=16,
@@ -565,6 +593,7 @@ def adadagrad_norm(
     Lau, Liu and Kolar, `AdAdaGrad: Adaptive Batch Size Schemes for Adaptive
     Gradient Methods <https://arxiv.org/abs/2402.11215>`_, 2024.
   """
+  _checks.learning_rate(learning_rate)
   return optax.chain(
     adaptive_batch_size(
       test,

@@ -34,6 +34,17 @@ PyTree = Any
 _F32 = jnp.float32
 
 
+def _check_accumulator_args(initial_accumulator_value, eps):
+  _checks.non_negative(
+    'initial_accumulator_value',
+    initial_accumulator_value,
+    ' It starts the running sum of squared gradients.',
+  )
+  _checks.non_negative(
+    'eps', eps, ' It is added to the square root (default 1e-10).'
+  )
+
+
 class ScaleByAdagradState(NamedTuple):
   """State of :func:`scale_by_adagrad`.
 
@@ -71,6 +82,10 @@ def scale_by_adagrad(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra args are ignored).
 
+  Raises:
+    ValueError: if ``initial_accumulator_value`` or ``eps`` is negative or
+      not a scalar.
+
   Example:
     >>> import jax.numpy as jnp
     >>> from batchax.optimizers import scale_by_adagrad
@@ -85,11 +100,7 @@ def scale_by_adagrad(
     and Stochastic Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_,
     2011.
   """
-  v0 = _checks.concrete(initial_accumulator_value)
-  if v0 is not None and v0 < 0:
-    raise ValueError(
-      f'initial_accumulator_value must be >= 0, got {initial_accumulator_value}'
-    )
+  _check_accumulator_args(initial_accumulator_value, eps)
 
   def init_fn(params):
     return ScaleByAdagradState(
@@ -175,6 +186,10 @@ def scale_by_adagrad_norm(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` (extra args are ignored).
 
+  Raises:
+    ValueError: if ``initial_accumulator_value`` or ``eps`` is negative or
+      not a scalar.
+
   Example:
     >>> import jax.numpy as jnp
     >>> from batchax.optimizers import scale_by_adagrad_norm
@@ -191,11 +206,7 @@ def scale_by_adagrad_norm(
     Lau, Liu and Kolar, `AdAdaGrad: Adaptive Batch Size Schemes for Adaptive
     Gradient Methods <https://arxiv.org/abs/2402.11215>`_, 2024.
   """
-  v0 = _checks.concrete(initial_accumulator_value)
-  if v0 is not None and v0 < 0:
-    raise ValueError(
-      f'initial_accumulator_value must be >= 0, got {initial_accumulator_value}'
-    )
+  _check_accumulator_args(initial_accumulator_value, eps)
 
   def init_fn(params):
     if not rowwise:
@@ -262,6 +273,10 @@ def adagrad(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Raises:
+    ValueError: if ``learning_rate`` is neither a positive number nor a
+      schedule, or ``initial_accumulator_value`` or ``eps`` is negative.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import optax
@@ -278,6 +293,7 @@ def adagrad(
     and Stochastic Optimization <https://jmlr.org/papers/v12/duchi11a.html>`_,
     2011.
   """
+  _checks.learning_rate(learning_rate)
   return optax.chain(
     scale_by_adagrad(initial_accumulator_value, eps),
     scale_by_learning_rate(learning_rate),
@@ -310,6 +326,10 @@ def adagrad_norm(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Raises:
+    ValueError: if ``learning_rate`` is neither a positive number nor a
+      schedule, or ``initial_accumulator_value`` or ``eps`` is negative.
+
   Example:
     >>> import jax
     >>> import jax.numpy as jnp
@@ -324,6 +344,7 @@ def adagrad_norm(
     Ward, Wu and Bottou, `AdaGrad stepsizes: sharp convergence over nonconvex
     landscapes <https://arxiv.org/abs/1806.01811>`_, 2018.
   """
+  _checks.learning_rate(learning_rate)
   return optax.chain(
     scale_by_adagrad_norm(initial_accumulator_value, eps, rowwise=rowwise),
     scale_by_learning_rate(learning_rate),

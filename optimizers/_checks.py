@@ -21,13 +21,6 @@ def is_tracer(x) -> bool:
   return isinstance(x, jax.core.Tracer)
 
 
-def concrete(x):
-  """Python value of ``x`` if it is known at construction time, else None."""
-  if x is None or is_tracer(x):
-    return None
-  return np.asarray(x).item()
-
-
 def scalar(name: str, value: Any):
   """The Python value of the scalar hyperparameter ``value`` (None if traced).
 

@@ -20,6 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from batchax.optimizers import _checks
+
 ScalarOrSchedule = Any  # float, optax schedule or SampleSchedule.
 
 _F32 = jnp.float32
@@ -52,6 +54,15 @@ def _add_samples(samples, batch_size):
   return jnp.minimum(samples, _INT32_MAX - batch_size) + batch_size
 
 
+def _check_callable(name, fn):
+  if not callable(fn):
+    raise ValueError(
+      f'{name} must be a function of the number of examples processed (for '
+      'example an optax schedule, or a SampleSchedule), got '
+      f'{type(fn).__name__} {fn!r}.'
+    )
+
+
 class SampleSchedule:
   """A schedule evaluated at the number of examples processed.
 
@@ -75,6 +86,7 @@ class SampleSchedule:
   """
 
   def __init__(self, schedule_fn: Callable[[jax.Array], jax.Array]):
+    _check_callable('schedule_fn', schedule_fn)
     self.schedule_fn = schedule_fn
 
   def init(self) -> SampleScheduleState:
@@ -141,6 +153,10 @@ def sample_warmup_cosine_schedule(
   Returns:
     A :class:`SampleSchedule`.
 
+  Raises:
+    ValueError: if ``warmup_samples`` is not an integer >= 0, or
+      ``decay_samples`` not an integer > ``warmup_samples``.
+
   Example:
     >>> from batchax.optimizers import sample_warmup_cosine_schedule
     >>> sched = sample_warmup_cosine_schedule(1.0, 100, 300)
@@ -151,8 +167,14 @@ def sample_warmup_cosine_schedule(
     Loshchilov and Hutter, `SGDR: Stochastic Gradient Descent with Warm
     Restarts <https://arxiv.org/abs/1608.03983>`_, 2017.
   """
-  if warmup_samples < 0:
-    raise ValueError(f'warmup_samples must be >= 0, got {warmup_samples}')
+  _checks.integer('warmup_samples', warmup_samples, minimum=0)
+  _checks.integer('decay_samples', decay_samples, minimum=1)
+  for name, value in (
+    ('peak_value', peak_value),
+    ('end_value', end_value),
+    ('init_value', init_value),
+  ):
+    _checks.scalar(name, value)
   if decay_samples <= warmup_samples:
     raise ValueError(
       f'decay_samples ({decay_samples}) must be > warmup_samples '
@@ -192,6 +214,9 @@ def scale_by_sample_schedule(
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` requires
     ``batch_size``.
 
+  Raises:
+    ValueError: if ``schedule`` is not callable.
+
   Example:
     >>> import jax.numpy as jnp
     >>> import optax
@@ -203,6 +228,7 @@ def scale_by_sample_schedule(
     >>> p = jnp.zeros(3)
     >>> u, s = tx.update(jnp.ones(3), tx.init(p), p, batch_size=32)
   """
+  _check_callable('schedule', schedule)
   fn = schedule
   if isinstance(schedule, SampleSchedule):
     fn = schedule.schedule_fn
