@@ -13,6 +13,7 @@ MODULES = (
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
+  'batchax.layers.recurrent',
   'batchax.experiments.regime',
   'batchax.experiments.recurrent',
 )
