@@ -1,7 +1,6 @@
-"""Tests for batchax.optimizers.adadagrad (AdAdaGrad, AdaGrad-Norm)."""
+"""Tests for AdAdaGrad and AdaGrad-Norm (batchax.optimizers._adadagrad etc.)."""
 
 import functools
-import importlib
 
 import jax
 import jax.numpy as jnp
@@ -13,9 +12,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import batchax.optimizers as bo
-
-# The function bo.adadagrad shadows the module of the same name.
-ada = importlib.import_module('batchax.optimizers.adadagrad')
+from batchax.optimizers import _adadagrad as ada
 
 # Jitted once per shape: eager op-by-op dispatch is slow on busy CPUs.
 stats_fn = jax.jit(

@@ -6,10 +6,14 @@ import importlib
 import pytest
 
 MODULES = (
-  'batchax.optimizers.adadagrad',
+  'batchax.optimizers._adadagrad',
+  'batchax.optimizers._adagrad',
+  'batchax.optimizers._gradient_statistics',
+  'batchax.optimizers._sample_schedules',
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
+  'batchax.layers.recurrent',
   'batchax.experiments.regime',
   'batchax.experiments.recurrent',
 )

@@ -1,15 +1,16 @@
-"""Tests for batchax.experiments.recurrent (LN-LSTM, LN-Elman, classifier)."""
+"""Tests for the LN-LSTM and LN-Elman cells and the RNN classifier.
+
+The cells are in batchax.layers.recurrent, the classifier in
+batchax.experiments.recurrent.
+"""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from batchax.experiments.recurrent import (
-  ElmanCell,
-  LayerNormLSTMCell,
-  RNNClassifier,
-)
+from batchax.experiments.recurrent import RNNClassifier
+from batchax.layers import LayerNormElmanCell, LayerNormLSTMCell
 
 _CONFIGS = [('lstm', True), ('lstm', False), ('elman', True), ('elman', False)]
 
@@ -74,7 +75,7 @@ def test_statistics_are_per_step(cell):
 
 
 def test_elman_matches_per_step_layer_norm_by_hand():
-  cell = ElmanCell(6, layer_norm=True)
+  cell = LayerNormElmanCell(6, layer_norm=True)
   x = np.asarray(jax.random.normal(jax.random.key(0), (3, 5, 2)))
   h0 = cell.initialize_carry(jax.random.key(0), x[:, 0].shape)
   v = cell.init(jax.random.key(1), h0, x[:, 0])
