@@ -3,8 +3,8 @@
 Every model is a stock ``flax.linen`` module called as
 ``model.apply(variables, x, train=...)`` and returns logits. Normalization is
 pluggable by name (``norm``), so one model definition serves the plain,
-BatchNorm, LayerNorm and Ghost BatchNorm arms of a comparison. batchax's own
-layers are imported lazily: the library never depends on the experiments.
+BatchNorm, LayerNorm and Ghost BatchNorm arms of a comparison. Models that
+belong to one method live in ``experiments/architectures/``.
 """
 
 from __future__ import annotations
@@ -16,7 +16,8 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from batchax.experiments import registry
+from batchax import layers as bl
+from batchax.experiments import recurrent, registry
 
 NORMS = (
   'none',
@@ -52,8 +53,6 @@ def make_norm(
   if name == 'layer_norm':
     return functools.partial(nn.LayerNorm, **kwargs)
   if name in ('batchax_layer_norm', 'ghost_batch_norm'):
-    from batchax import layers as bl  # Lazy: see the module docstring.
-
     if name == 'batchax_layer_norm':
       return functools.partial(bl.LayerNorm, **kwargs)
     return functools.partial(
@@ -231,8 +230,6 @@ def create_model(
       **common,
     )
   if name == 'rnn':
-    from batchax.experiments import recurrent
-
     return recurrent.RNNClassifier(
       hidden=config.hidden[0],
       num_classes=num_classes,

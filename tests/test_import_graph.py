@@ -25,9 +25,6 @@ PACKAGE = 'batchax'
 # rewritten. Empty this set as they are fixed: their check is xfail(strict),
 # so it fails as soon as a file listed here passes.
 _PENDING = {
-  'experiments/extra_args.py',
-  'experiments/models.py',
-  'experiments/optim.py',
   'experiments/reproduce.py',
 }
 
