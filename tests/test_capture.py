@@ -1,6 +1,7 @@
 """Layer captures against brute force: jax.grad, split models, vmap(grad)."""
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import chex
@@ -13,8 +14,32 @@ import pytest
 
 from batchax.optimizers import capture
 
-N = 4
+N = 8
 TOL = dict(atol=1e-5, rtol=1e-5)
+
+
+def _init(module, x, seed):
+  """Random params of `module` for input `x`, from NumPy.
+
+  Filling the shapes from NumPy avoids compiling Flax's initialisers, which
+  costs seconds of CPU per model.
+  """
+  shapes = jax.eval_shape(module.init, jax.random.key(0), x)['params']
+  rng = np.random.default_rng(seed)
+
+  def leaf(s):
+    scale = 1 / np.sqrt(np.prod(s.shape[:-1])) if len(s.shape) > 1 else 0.5
+    return jnp.asarray(rng.normal(size=s.shape) * scale, s.dtype)
+
+  return jax.tree.map(leaf, shapes)
+
+
+def _normal(seed, *shape):
+  return jnp.asarray(np.random.default_rng(seed).normal(size=shape), 'float32')
+
+
+def _ints(seed, shape, high):
+  return jnp.asarray(np.random.default_rng(seed).integers(0, high, shape))
 
 
 def _flatten(x):
@@ -36,15 +61,14 @@ class Case:
     return nn.Sequential(list(self.layers))
 
   def batch(self, n=N):
-    kx, ky = jax.random.split(jax.random.key(0))
-    x = self.x(kx, n)
+    x = self.x(n)
     label_shape = x.shape[:2] if self.per_token else (n,)
-    y = jax.random.randint(ky, label_shape, 0, self.classes)
+    y = _ints(1, label_shape, self.classes)
     return x, y
 
   def init(self, n=N):
     x, y = self.batch(n)
-    params = self.model.init(jax.random.key(1), x)['params']
+    params = _init(self.model, x, seed=2)
     return params, x, y
 
   def loss_fn(self, params, x, y):
@@ -52,12 +76,12 @@ class Case:
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
 
-def _normal(*shape):
-  return lambda key, n: jax.random.normal(key, (n, *shape))
+def _normal_batch(*shape):
+  return lambda n: _normal(0, n, *shape)
 
 
 CASES = [
-  Case('mlp', (nn.Dense(8), nn.tanh, nn.Dense(3)), _normal(5)),
+  Case('mlp', (nn.Dense(8), nn.tanh, nn.Dense(3)), _normal_batch(5)),
   Case(
     'cnn1d',
     (
@@ -67,7 +91,7 @@ CASES = [
       _flatten,
       nn.Dense(3),
     ),
-    _normal(9, 2),
+    _normal_batch(9, 2),
   ),
   Case(
     'cnn2d',
@@ -78,23 +102,31 @@ CASES = [
       _flatten,
       nn.Dense(3),
     ),
-    _normal(7, 8, 2),
+    _normal_batch(7, 8, 2),
   ),
   Case(
     'embed',
     (nn.Embed(11, 6), nn.Dense(5), nn.tanh, nn.Dense(11)),
-    lambda key, n: jax.random.randint(key, (n, 6), 0, 11),
+    lambda n: _ints(0, (n, 6), 11),
     classes=11,
     per_token=True,
   ),
   Case(
     'sequence',
     (nn.Dense(6), nn.tanh, nn.Dense(3)),
-    _normal(5, 4),
+    _normal_batch(5, 4),
     per_token=True,
   ),
 ]
 IDS = [c.name for c in CASES]
+
+
+@functools.cache
+def _captured(case):
+  """Params, batch and the jitted captures of a case, computed once."""
+  params, x, y = case.init()
+  fn = functools.partial(capture.value_and_grad_with_captures, case.loss_fn)
+  return params, x, y, jax.jit(fn)(params, x, y)
 
 
 class SharedModel(nn.Module):
@@ -113,11 +145,18 @@ class Block(nn.Module):
     return jnp.tanh(dense(jnp.tanh(dense(x))))
 
 
+def _vgc(loss_fn, *args, **kwargs):
+  """value_and_grad_with_captures(loss_fn, ...), jitted."""
+  fn = functools.partial(
+    capture.value_and_grad_with_captures, loss_fn, **kwargs
+  )
+  return jax.jit(fn)(*args)
+
+
 def _shared_setup():
-  kx, ky = jax.random.split(jax.random.key(2))
-  x = jax.random.normal(kx, (N, 4))
-  y = jax.random.randint(ky, (N,), 0, 3)
-  params = SharedModel().init(jax.random.key(3), x)['params']
+  x = _normal(3, N, 4)
+  y = _ints(4, (N,), 3)
+  params = _init(SharedModel(), x, seed=5)
 
   def loss_fn(params, x, y):
     logits = SharedModel().apply({'params': params}, x)
@@ -130,17 +169,16 @@ def _per_example_reference(loss_fn, params, x, y):
   """vmap(grad) of each example's loss, scaled by 1/N like the mean loss."""
   n = x.shape[0]
   grad_one = jax.grad(lambda p, xi, yi: loss_fn(p, xi[None], yi[None]))
-  per_example = jax.vmap(grad_one, in_axes=(None, 0, 0))(params, x, y)
+  per_example = jax.jit(jax.vmap(grad_one, in_axes=(None, 0, 0)))(params, x, y)
   return jax.tree.map(lambda g: g / n, per_example)
 
 
 @pytest.mark.parametrize('case', CASES, ids=IDS)
 def test_loss_and_grads_equal_value_and_grad(case):
-  params, x, y = case.init()
-  loss, grads, captures = capture.value_and_grad_with_captures(
-    case.loss_fn, params, x, y
+  params, x, y, (loss, grads, captures) = _captured(case)
+  want_loss, want_grads = jax.jit(jax.value_and_grad(case.loss_fn))(
+    params, x, y
   )
-  want_loss, want_grads = jax.value_and_grad(case.loss_fn)(params, x, y)
   chex.assert_trees_all_close(loss, want_loss, **TOL)
   chex.assert_trees_all_close(grads, want_grads, **TOL)
   # Every layer of these models is captured, keyed like params.
@@ -149,10 +187,7 @@ def test_loss_and_grads_equal_value_and_grad(case):
 
 @pytest.mark.parametrize('case', CASES, ids=IDS)
 def test_out_grads_equal_grad_of_split_model(case):
-  params, x, y = case.init()
-  _, _, captures = capture.value_and_grad_with_captures(
-    case.loss_fn, params, x, y
-  )
+  params, x, y, (_, _, captures) = _captured(case)
 
   def run(layers, offset, h):
     for j, layer in enumerate(layers, start=offset):
@@ -171,18 +206,18 @@ def test_out_grads_equal_grad_of_split_model(case):
       logits = run(case.layers[i + 1 :], i + 1, z)
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
-    want = jax.grad(rest)(z)
+    want = jax.jit(jax.grad(rest))(z)
     got = captures[f'layers_{i}']
     chex.assert_shape(got.out_grads, (N, None, z.shape[-1]))
-    chex.assert_trees_all_close(got.out_grads, want.reshape(N, -1, z.shape[-1]))
+    chex.assert_trees_all_close(
+      got.out_grads, want.reshape(N, -1, z.shape[-1]), **TOL
+    )
     assert got.inputs.shape[:2] == got.out_grads.shape[:2]
 
 
 def test_out_grads_of_shared_layer_stack_calls_along_positions():
   params, x, y, loss_fn = _shared_setup()
-  _, grads, captures = capture.value_and_grad_with_captures(
-    loss_fn, params, x, y
-  )
+  _, grads, captures = _vgc(loss_fn, params, x, y)
   assert set(captures) == {'block', 'head'}
   assert set(captures['block']) == {'shared'}
 
@@ -197,7 +232,7 @@ def test_out_grads_of_shared_layer_stack_calls_along_positions():
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   z1 = x @ w['kernel'] + w['bias']
-  g1, g2 = jax.grad(by_hand, argnums=(0, 1))(z1, jnp.zeros_like(z1))
+  g1, g2 = jax.jit(jax.grad(by_hand, argnums=(0, 1)))(z1, jnp.zeros_like(z1))
   shared = captures['block']['shared']
   chex.assert_shape(shared.inputs, (N, 2, 4))
   chex.assert_trees_all_close(
@@ -210,7 +245,7 @@ def test_out_grads_of_shared_layer_stack_calls_along_positions():
   chex.assert_trees_all_close(
     kernel_grad, grads['block']['shared']['kernel'], **TOL
   )
-  per_example = capture.per_example_gradients(captures, params)
+  per_example = jax.jit(capture.per_example_gradients)(captures, params)
   chex.assert_trees_all_close(
     per_example, _per_example_reference(loss_fn, params, x, y), **TOL
   )
@@ -218,10 +253,7 @@ def test_out_grads_of_shared_layer_stack_calls_along_positions():
 
 @pytest.mark.parametrize('case', CASES, ids=IDS)
 def test_inputs_times_out_grads_sum_to_the_gradient(case):
-  params, x, y = case.init()
-  _, grads, captures = capture.value_and_grad_with_captures(
-    case.loss_fn, params, x, y
-  )
+  params, x, y, (_, grads, captures) = _captured(case)
   for name, c in captures.items():
     g = c.out_grads
     if 'embedding' in params[name]:
@@ -240,11 +272,8 @@ def test_inputs_times_out_grads_sum_to_the_gradient(case):
 
 @pytest.mark.parametrize('case', CASES, ids=IDS)
 def test_per_example_gradients_equal_vmap_grad(case):
-  params, x, y = case.init()
-  _, grads, captures = capture.value_and_grad_with_captures(
-    case.loss_fn, params, x, y
-  )
-  got = capture.per_example_gradients(captures, params)
+  params, x, y, (_, grads, captures) = _captured(case)
+  got = jax.jit(capture.per_example_gradients)(captures, params)
   want = _per_example_reference(case.loss_fn, params, x, y)
   chex.assert_trees_all_close(got, want, **TOL)
   # Sanity of the reference itself: it sums to the batch gradient, and the
@@ -273,16 +302,14 @@ CONVS = [
 @pytest.mark.parametrize('kernel_size,kwargs,shape', CONVS)
 def test_conv_patches_times_kernel_is_the_output(kernel_size, kwargs, shape):
   conv = nn.Conv(5, kernel_size, **kwargs)
-  x = jax.random.normal(jax.random.key(4), (N, *shape))
-  params = conv.init(jax.random.key(5), x)['params']
+  x = _normal(6, N, *shape)
+  params = _init(conv, x, seed=7)
 
   def loss_fn(params, x):
     out = conv.apply({'params': params}, x)
     return jnp.sum(out**2) / N, out
 
-  (_, out), grads, captures = capture.value_and_grad_with_captures(
-    loss_fn, params, x, has_aux=True
-  )
+  (_, out), grads, captures = _vgc(loss_fn, params, x, has_aux=True)
   kernel = params['kernel']
   k = int(np.prod(kernel.shape[:-1]))
   chex.assert_shape(captures.inputs, (N, None, k))
@@ -299,8 +326,7 @@ def test_conv_patches_times_kernel_is_the_output(kernel_size, kwargs, shape):
 
 def test_jit_and_eight_devices_give_the_same_captures():
   case = CASES[2]  # cnn2d
-  params, x, y = case.init(n=16)
-  want = capture.value_and_grad_with_captures(case.loss_fn, params, x, y)
+  params, x, y, want = _captured(case)
 
   auto = (jax.sharding.AxisType.Auto,)
   mesh = jax.make_mesh((8,), ('data',), axis_types=auto)
@@ -325,9 +351,9 @@ def test_jit_and_eight_devices_give_the_same_captures():
 
 def test_only_requested_layer_types_and_own_params_are_captured():
   case = CASES[2]  # cnn2d: Conv, Conv, Dense
-  params, x, y = case.init()
+  params, x, y, _ = _captured(case)
   teacher = nn.Dense(3)
-  teacher_params = teacher.init(jax.random.key(6), _flatten(x))['params']
+  teacher_params = _init(teacher, _flatten(x), seed=8)
 
   def distill_loss(params, x):
     # A frozen model whose Dense has no params in `params`: not captured.
@@ -336,23 +362,18 @@ def test_only_requested_layer_types_and_own_params_are_captured():
     target = jax.nn.softmax(logits)
     return optax.softmax_cross_entropy(logits_student, target).mean()
 
-  _, grads, captures = capture.value_and_grad_with_captures(
-    distill_loss, params, x
-  )
+  _, grads, captures = _vgc(distill_loss, params, x)
   assert set(captures) == {'layers_0', 'layers_2', 'layers_4'}
-  chex.assert_trees_all_close(grads, jax.grad(distill_loss)(params, x), **TOL)
+  want = jax.jit(jax.grad(distill_loss))(params, x)
+  chex.assert_trees_all_close(grads, want, **TOL)
 
-  _, grads, captures = capture.value_and_grad_with_captures(
-    case.loss_fn, params, x, y, layers=('Dense',)
-  )
+  _, grads, captures = _vgc(case.loss_fn, params, x, y, layers=('Dense',))
   assert set(captures) == {'layers_4'}
-  chex.assert_trees_all_close(
-    grads, jax.grad(case.loss_fn)(params, x, y), **TOL
-  )
+  chex.assert_trees_all_close(grads, _captured(case)[3][1], **TOL)
 
 
 def _single_layer_loss(layer, x):
-  params = layer.init(jax.random.key(7), x)['params']
+  params = _init(layer, x, seed=9)
 
   def loss_fn(params, x):
     return jnp.sum(layer.apply({'params': params}, x))
