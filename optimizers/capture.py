@@ -39,9 +39,12 @@ What is captured, and what is not:
   model closed over by ``loss_fn``, another collection) is neither perturbed
   nor captured.
 * Conv layers with ``feature_group_count > 1``, a ``mask`` or a custom
-  ``conv_general_dilated`` raise ``NotImplementedError``; layers inside
-  lifted transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``) are not
-  supported.
+  ``conv_general_dilated``, and captured layers inside Flax lifted
+  transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``, ``nn.jit``) or a jax
+  transform inside ``loss_fn``, raise ``NotImplementedError``: a nested
+  transform traces its body separately, so the layer's inputs cannot leave
+  it as side outputs. (Lifted classes such as ``nn.remat(nn.Dense)`` are
+  not stock classes and are passed over.)
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from typing import Any, NamedTuple
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.core import tracers
 from flax.linen.linear import canonicalize_padding
 
 __all__ = [
@@ -112,6 +116,19 @@ def _layer_input(args, kwargs, path: Path, kind: str):
     f' called with positional args of length {len(args)} and keyword args'
     f' {sorted(kwargs)}; a stock flax {kind} takes exactly one input.'
   )
+
+
+def _check_same_trace(trace, path: Path, kind: str):
+  """A layer under a nested transform cannot hand its inputs out."""
+  if tracers.current_trace() != trace:
+    raise NotImplementedError(
+      f'value_and_grad_with_captures: the {kind} layer at {"/".join(path)}'
+      ' runs inside a nested transform (a Flax lifted transform such as'
+      ' nn.scan, nn.vmap, nn.remat or nn.jit, or a jax transform inside'
+      ' loss_fn), whose intermediate values cannot be captured from outside'
+      ' it; apply the model without the transform, or leave the layer type'
+      ' out of `layers`.'
+    )
 
 
 def _check_conv(module: nn.Conv, path: Path):
@@ -224,6 +241,7 @@ def _make_interceptor(
   """An interceptor that records (and perturbs) the selected layer calls."""
   types = {_LAYER_TYPES[k]: k for k in kinds}
   counts = collections.Counter()
+  trace = tracers.current_trace()  # Made inside the traced function.
 
   def interceptor(next_fun, args, kwargs, context):
     kind = types.get(type(context.module))
@@ -236,6 +254,7 @@ def _make_interceptor(
     if selected is not None and path not in selected:
       return next_fun(*args, **kwargs)
     x = _layer_input(args, kwargs, path, kind)
+    _check_same_trace(trace, path, kind)
     if kind == 'Conv':
       _check_conv(module, path)
     y = next_fun(*args, **kwargs)
@@ -349,7 +368,8 @@ def value_and_grad_with_captures(
       a shared layer whose calls disagree on N or the row size.
     TypeError: a captured layer called with other than one input.
     NotImplementedError: a Conv with ``feature_group_count > 1``, a mask or a
-      custom convolution function.
+      custom convolution function; a captured layer inside a nested
+      transform.
 
   Example:
     >>> import flax.linen as nn

@@ -299,7 +299,11 @@ CONVS = [
 ]
 
 
-@pytest.mark.parametrize('kernel_size,kwargs,shape', CONVS)
+@pytest.mark.parametrize(
+  'kernel_size,kwargs,shape',
+  CONVS,
+  ids=[f'{k}-{sorted(kw.items())}-{s}' for k, kw, s in CONVS],
+)
 def test_conv_patches_times_kernel_is_the_output(kernel_size, kwargs, shape):
   conv = nn.Conv(5, kernel_size, **kwargs)
   x = _normal(6, N, *shape)
@@ -397,6 +401,7 @@ def _single_layer_loss(layer, x):
       'mask',
     ),
     (nn.Dense(3), jnp.ones((5,)), ValueError, 'without a leading example'),
+    (nn.remat(Block)(), jnp.ones((N, 4)), NotImplementedError, 'lifted'),
   ],
 )
 def test_unsupported_layers_raise_clearly(layer, x, error, match):
