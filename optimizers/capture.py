@@ -37,7 +37,10 @@ What is captured, and what is not:
   (``loss_fn`` passes ``params`` as the model's ``'params'`` collection).
   A layer of a captured type whose parameters come from elsewhere (a frozen
   model closed over by ``loss_fn``, another collection) is neither perturbed
-  nor captured.
+  nor captured. Layers are matched to ``params`` by path and weight shape
+  only: a second model applied inside ``loss_fn`` with the same module path
+  and shapes as a layer in ``params`` would be taken for a second call of
+  that layer.
 * Conv layers with ``feature_group_count > 1``, a ``mask`` or a custom
   ``conv_general_dilated``, and captured layers inside Flax lifted
   transforms (``nn.scan``, ``nn.vmap``, ``nn.remat``, ``nn.jit``) or a jax
