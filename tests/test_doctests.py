@@ -10,6 +10,7 @@ MODULES = (
   'batchax.optimizers._adagrad',
   'batchax.optimizers._gradient_statistics',
   'batchax.optimizers._sample_schedules',
+  'batchax.optimizers.capture',
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
