@@ -3,7 +3,7 @@ r"""AdAdaGrad-Norm on MNIST-1D: the batch grows by the norm test.
 Run (2 CPU cores, about a minute)::
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/adadagrad_mnist1d.py \
+      --config=adadagrad_mnist1d \
       --workdir runs/adadagrad_mnist1d
 
 Variants: ``--config.optimizer.name=adagrad`` (AdAdaGrad, coordinate-wise),

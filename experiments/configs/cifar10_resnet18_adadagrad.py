@@ -9,7 +9,7 @@ example). Prepare CIFAR-10 once (``tfds build cifar10 --data_dir=DIR
 --file_format=array_record``), then::
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/cifar10_resnet18_adadagrad.py \
+      --config=cifar10_resnet18_adadagrad \
       --workdir runs/r18_adadagrad --config.dataset.data_dir=DIR
 
 Hardware: 4 GPUs or a TPU v4-8 (the batch reaches tens of thousands of
