@@ -98,7 +98,7 @@ def test_tensorboard_agrees_with_jsonl_after_a_kill(tmp_path, resume_step):
   for tag in ('train_loss', 'batch_size'):
     steps = [s for s, _ in events[tag]]
     assert steps == list(range(1, 36)), tag  # Each step once, in order.
-  for (step, value), record in zip(events['train_loss'], records):
+  for (_, value), record in zip(events['train_loss'], records):
     assert value == pytest.approx(record['train_loss'])
 
 
