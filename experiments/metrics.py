@@ -143,7 +143,7 @@ class MetricWriter:
     if self.active:
       with open(self.path, 'a') as f:
         f.write(_encode(record))
-      self._tb.add(step, record)
+      self._tb.add(record['step'], record)
     return record
 
   def flush(self) -> None:
