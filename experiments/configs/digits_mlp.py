@@ -5,7 +5,9 @@ Run (2 CPU cores, about 10 seconds)::
   python -m batchax.experiments.train \
       --config=digits_mlp --workdir runs/digits
 
-Expected: test accuracy of about 0.97 (360 held-out digits).
+Test accuracy on the 360 held-out digits:
+
+Expected: test_accuracy 0.975 +- 0.01 after 600 steps
 """
 
 from batchax.experiments.configs import default
