@@ -1,4 +1,4 @@
-"""Optax transforms: AdAdaGrad, MKOR, FRUGAL, EGGROLL."""
+"""Optax transforms: AdAdaGrad (adaptive batch sizes) and its AdaGrad bases."""
 
 from batchax.optimizers.adadagrad import (
   AdaptiveBatchSizeState,
