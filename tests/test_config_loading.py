@@ -125,6 +125,8 @@ def test_docs_use_the_one_documented_form_and_it_loads():
     texts[name] = config_loading.load_module(name).__doc__
   for where, text in texts.items():
     for spec in _documented_specs(text):
+      if '<' in spec:  # A placeholder: --config=<name>.
+        continue
       assert '/' not in spec and not spec.endswith('.py'), (where, spec)
       config_loading.load_config(spec)  # Every documented spec loads.
   for name in config_loading.available_configs():
