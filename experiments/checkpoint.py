@@ -6,11 +6,19 @@ step and counters) and, as JSON, the data iterator's cursor. Saving is
 asynchronous; Orbax writes to a temporary directory and renames it when
 complete, so a run killed mid-save leaves the previous checkpoint intact and
 the restarted run resumes from it.
+
+``close()`` waits for the last asynchronous save, then stops Orbax's
+threads. It runs on every exit path: called by the trainer, by ``with``
+(also when the run raises), and at interpreter exit for a manager left open,
+so no save thread is still writing while Python shuts down (a daemon thread
+that touches stderr then aborts the process with "Fatal Python error").
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import weakref
 from typing import Any
 
 import jax
@@ -28,6 +36,8 @@ class Checkpointer:
         max_to_keep=max_to_keep, create=True
       ),
     )
+    self._finalizer = weakref.finalize(self, _close_manager, self._manager)
+    _at_shutdown(self._finalizer)
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -53,9 +63,41 @@ class Checkpointer:
     )
     return restored['state'], dict(restored['data'])
 
-  def close(self) -> None:
+  def wait_until_finished(self) -> None:
+    """Blocks until the last asynchronous save is on disk."""
     self._manager.wait_until_finished()
-    self._manager.close()
+
+  def close(self) -> None:
+    """Waits for the last save, then stops Orbax's threads (idempotent)."""
+    self._finalizer()
+
+  def __enter__(self) -> Checkpointer:
+    return self
+
+  def __exit__(self, *exc) -> None:
+    self.close()
+
+
+def _at_shutdown(fn) -> None:
+  """Runs ``fn`` when the main thread ends, before executors shut down.
+
+  Orbax saves through ``concurrent.futures`` executors, which refuse new
+  work once interpreter shutdown starts; ``atexit`` runs after that, too late
+  to finish a save. ``threading._register_atexit`` (CPython >= 3.9) runs
+  first, in reverse order of registration, so after this no save is pending.
+  """
+  register = getattr(threading, '_register_atexit', None)
+  if register is None:  # Another Python: the weakref.finalize atexit hook.
+    return
+  try:
+    register(fn)
+  except RuntimeError:  # Already shutting down.
+    pass
+
+
+def _close_manager(manager: ocp.CheckpointManager) -> None:
+  manager.wait_until_finished()
+  manager.close()
 
 
 def abstract_like(tree: Any) -> Any:

@@ -4,7 +4,7 @@ Usage::
 
   python -m batchax.experiments.train --workdir runs/default
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/digits_mlp.py --workdir runs/d \
+      --config=digits_mlp --workdir runs/d \
       --config.optimizer.kwargs.learning_rate=0.01
 
 A step is one optimizer update on a batch of ``batch_size`` examples, built
@@ -43,18 +43,14 @@ import optax
 import tqdm
 from absl import app, flags, logging
 from jax.experimental import multihost_utils
-from ml_collections import config_flags
 
 from batchax import optimizers as bo
 from batchax.experiments import checkpoint as ckpt_lib
+from batchax.experiments import config_loading
 from batchax.experiments import data as data_lib
 from batchax.experiments import hooks as hooks_lib
 from batchax.experiments import metrics as metrics_lib
 from batchax.experiments import models, optim, sharding, tasks
-
-_DEFAULT_CONFIG = os.path.join(
-  os.path.dirname(__file__), 'configs', 'default.py'
-)
 
 # Keys that may differ between a run and the checkpoint it resumes from:
 # they change how a run is observed or how long it goes on, not what the
@@ -602,11 +598,11 @@ def _unknown_config_key(error: Exception) -> str:
 
 
 try:  # config_flags applies --config.* overrides while defining the flag.
-  _CONFIG = config_flags.DEFINE_config_file(
+  _CONFIG = config_loading.DEFINE_config(
     'config',
-    _DEFAULT_CONFIG,
-    'Experiment config file; --print_config lists its keys.',
-    lock_config=True,
+    'default',
+    'A config name (e.g. digits_mlp, or name:arg), module or .py file; '
+    '--print_config lists its keys.',
   )
 except (AttributeError, KeyError) as e:
   sys.exit(_unknown_config_key(e))

@@ -3,7 +3,7 @@
 # each with its own CPU devices: the multi-host code path without a cluster.
 #
 #   bash launch_scripts/local_multiprocess.sh 2 --workdir runs/mp \
-#       --config batchax/experiments/configs/digits_mlp.py
+#       --config=digits_mlp
 set -euo pipefail
 n=${1:?usage: local_multiprocess.sh NUM_PROCESSES TRAIN_ARGS...}
 shift

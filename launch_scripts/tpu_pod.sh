@@ -2,7 +2,7 @@
 # Runs the trainer on every worker of a Cloud TPU VM pod slice.
 #
 #   TPU_NAME=my-v4-32 ZONE=us-central2-b bash launch_scripts/tpu_pod.sh \
-#       --config batchax/experiments/configs/cifar10_resnet18.py \
+#       --config=cifar10_resnet18 \
 #       --workdir gs://my-bucket/runs/r18 \
 #       --config.dataset.data_dir=gs://my-bucket/tensorflow_datasets
 #

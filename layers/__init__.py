@@ -1,4 +1,4 @@
-"""Flax normalization layers: LayerNorm, GhostBatchNorm, UnMixTNS, BatchFormer.
+"""Flax normalization layers: LayerNorm and GhostBatchNorm.
 
 Each layer is a pure function (``layer_norm``, ``ghost_batch_norm``) wrapped by
 a ``flax.linen`` module with Flax's variable names, so a batchax layer is a

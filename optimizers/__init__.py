@@ -1,4 +1,4 @@
-"""Optax transforms: AdAdaGrad, MKOR, FRUGAL, EGGROLL.
+"""Optax transforms: AdAdaGrad (adaptive batch sizes) and its AdaGrad bases.
 
 Modules are private, one concern each (as in optax); use the names here.
 AdAdaGrad (arXiv 2402.11215) is spread over ``_adagrad`` (the AdaGrad and

@@ -6,7 +6,7 @@ lr 0.1 with drops x0.1 at epochs 30, 60, 90 of 100 (the official
 wide_resnet regime), SGD momentum 0.9, weight decay 1e-4, clip 5.
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/cifar100_wresnet16_4_ghost_bn.py:lb_lr \
+      --config=cifar100_wresnet16_4_ghost_bn:lb_lr \
       --workdir runs/wrn_lb_lr --config.dataset.data_dir=DIR
 
 Hardware: as the ResNet-44 config. Expected (the paper, %): SB 73.70,

@@ -9,7 +9,7 @@ Hardware: one GPU or TPU host, about 40 minutes on one A100-class GPU.
 Run::
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/cifar10_resnet18.py \
+      --config=cifar10_resnet18 \
       --workdir runs/cifar10_resnet18 \
       --config.dataset.data_dir=$HOME/tensorflow_datasets
 

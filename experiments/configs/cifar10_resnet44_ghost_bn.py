@@ -14,7 +14,7 @@ SGD momentum 0.9, weight decay 1e-4, global-norm clip 5, BatchNorm momentum
 (``tfds build cifar10 --data_dir=DIR --file_format=array_record``), then::
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/cifar10_resnet44_ghost_bn.py:lb_lr_gbn \
+      --config=cifar10_resnet44_ghost_bn:lb_lr_gbn \
       --workdir runs/r44_lb_lr_gbn --config.dataset.data_dir=DIR
 
 Hardware: one GPU/TPU host for sb ... lb_lr_gbn (hours); lb_lr_gbn_ra is

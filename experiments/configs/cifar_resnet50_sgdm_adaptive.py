@@ -10,7 +10,7 @@ decay 5e-4. The argument picks the row of the official README:
                       theta = 0.5, nu = 1 (global statistics)
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/cifar_resnet50_sgdm_adaptive.py:cifar100_augmented \
+      --config=cifar_resnet50_sgdm_adaptive:cifar100_augmented \
       --workdir runs/r50_c100_aug --config.dataset.data_dir=DIR
 
 Learning rate 0.1 with a sample-based cosine over 10M samples after 0.5M of

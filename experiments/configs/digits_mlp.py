@@ -3,9 +3,11 @@ r"""An MLP on scikit-learn's digits with SGD-momentum (seconds on a CPU).
 Run (2 CPU cores, about 10 seconds)::
 
   python -m batchax.experiments.train \
-      --config batchax/experiments/configs/digits_mlp.py --workdir runs/digits
+      --config=digits_mlp --workdir runs/digits
 
-Expected: test accuracy of about 0.97 (360 held-out digits).
+Test accuracy on the 360 held-out digits:
+
+Expected: test_accuracy 0.975 +- 0.01 after 600 steps
 """
 
 from batchax.experiments.configs import default

@@ -9,7 +9,7 @@ download of the archives, then ``tfds build imagenet2012 --data_dir=DIR
 --manual_dir=ARCHIVES --file_format=array_record``), then on a pod slice::
 
   TPU_NAME=... ZONE=... bash launch_scripts/tpu_pod.sh \
-      --config batchax/experiments/configs/imagenet_resnet101_adadagrad.py \
+      --config=imagenet_resnet101_adadagrad \
       --workdir gs://BUCKET/runs/r101 --config.dataset.data_dir=gs://BUCKET/tfds
 
 Hardware: a TPU v4-32 or 4+ A100 nodes, a few days. The official run used

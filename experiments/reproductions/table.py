@@ -1,7 +1,8 @@
 """What a reproduction table is: arms, columns, notes and a plot.
 
 Table modules (``experiments/reproductions/<name>.py``) define a ``TABLE``;
-``experiments/reproduce.py`` runs it. Kept apart from the runner so that
+``experiments/reproduce.py`` finds every such module and runs it, so adding
+a table is adding a file. Kept apart from the runner so that
 table modules never import the binary (whose flags would be defined twice).
 """
 
@@ -12,6 +13,8 @@ import dataclasses
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
+
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,11 +38,24 @@ class Table:
   notes: str | Callable[[dict[str, list[list[dict]]]], str] = ''
   plot: Callable[[dict[str, list[list[dict]]], str], list[str]] | None = None
   seeds: int = 5
+  # Overrides for ``reproduce --quick`` (applied after each arm's): a budget
+  # of seconds per arm, for a smoke test of the whole pipeline.
+  quick: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def last(key: str) -> Callable[[list[dict]], float]:
   """The last logged value of ``key`` in a run."""
   return lambda records: [r[key] for r in records if key in r][-1]
+
+
+def mean_over_seeds(fn: Callable[[list[dict]], float], runs) -> float:
+  """The mean of ``fn`` over seeds, as the table prints it.
+
+  Notes that quote a table's numbers use this too, so that a number the
+  page shows twice is the same number (``100 * mean(x)`` and
+  ``mean(100 * x)`` can round to different last digits).
+  """
+  return float(np.mean(np.asarray([fn(r) for r in runs], np.float64)))
 
 
 def apply_overrides(config, overrides: dict[str, Any]):

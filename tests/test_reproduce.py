@@ -1,0 +1,130 @@
+"""reproduce: writes to its own directory, shows progress, --quick runs."""
+
+import hashlib
+import os
+import random
+
+import matplotlib
+import pytest
+
+from batchax.experiments import reproduce, sharding, train
+from batchax.experiments.reproductions import ghost_bn
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(REPO, 'docs', 'results')
+
+
+def _docs_digest():
+  h = hashlib.sha256()
+  for name in sorted(os.listdir(DOCS)):
+    with open(os.path.join(DOCS, name), 'rb') as f:
+      h.update(name.encode() + f.read())
+  return h.hexdigest()
+
+
+def test_tables_are_the_modules_of_reproductions():
+  files = {
+    f[:-3]
+    for f in os.listdir(os.path.join(REPO, 'experiments', 'reproductions'))
+    if f.endswith('.py') and not f.startswith('_') and f != 'table.py'
+  }
+  assert set(reproduce.TABLES) == files
+  assert {'adadagrad', 'ghost_bn', 'layer_norm'} <= files
+  with pytest.raises(ValueError, match='Unknown table'):
+    reproduce.load_table('nope')
+
+
+@pytest.mark.parametrize('name', reproduce.TABLES)
+def test_quick_overrides_give_valid_configs(name):
+  table = reproduce.load_table(name)
+  assert table.quick, f'{name} defines no quick budget'
+  for arm in table.arms:
+    config = reproduce.arm_config(table, arm, seed=0, quick=True)
+    train.validate_config(config, sharding.make_mesh(config.mesh))
+
+
+def _fake_results(rng):
+  results = {}
+  for arm in ghost_bn.ARMS:
+    runs = []
+    for _ in range(5):
+      # Accuracies on 4,000 test examples: means of five often end in 5
+      # in the third decimal of a percent, where rounding is fragile.
+      acc = rng.randint(2400, 3800) / 4000
+      runs.append(
+        [{'step': 10, 'test_accuracy': acc, 'train_loss': 0.5}]
+        + [{'step': 20, 'weight_distance': 1.0}]
+      )
+    results[arm.name] = runs
+  return results
+
+
+def test_page_shows_one_number_for_one_mean():
+  """The table's SB accuracy and the notes' copy of it agree to the digit."""
+  rng = random.Random(0)
+  table = reproduce.load_table('ghost_bn')
+  for _ in range(300):
+    results = _fake_results(rng)
+    page = reproduce.markdown(table, results)
+    row = next(x for x in page.splitlines() if x.startswith('| SB |'))
+    in_table = row.split('|')[2].split('±')[0].strip()
+    ours = next(x for x in page.splitlines() if '(ours' in x)
+    assert ours.split('|')[2].strip() == in_table
+
+
+def test_ghost_bn_plot_labels_do_not_overlap(tmp_path, monkeypatch):
+  figures = []
+  monkeypatch.setattr(plt, 'close', figures.append)  # Keep the figure.
+  ghost_bn.plot(_fake_results(random.Random(1)), str(tmp_path / 'g'))
+  (fig,) = figures
+  fig.canvas.draw()
+  renderer = fig.canvas.get_renderer()
+  for ax in fig.axes:
+    boxes = [
+      t.get_window_extent(renderer)
+      for t in ax.get_xticklabels()
+      if t.get_text()
+    ]
+    for a, b in zip(boxes, boxes[1:]):
+      assert not a.overlaps(b), ax.get_xticklabels()
+  plt.close(fig)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_only_to_out_dir(tmp_path, capsys):
+  before = _docs_digest()
+  out = tmp_path / 'ghost_bn-quick'
+  table = reproduce.load_table('ghost_bn')
+  results = reproduce.reproduce(table, str(out), quick=True)
+  assert _docs_digest() == before  # Tracked files untouched.
+  assert set(results) == {a.name for a in table.arms}
+  assert all(len(runs) == 1 for runs in results.values())
+  assert (out / 'ghost_bn.md').exists() and (out / 'ghost_bn.png').exists()
+  assert '--quick' in (out / 'ghost_bn.md').read_text()
+  err = capsys.readouterr().err
+  n = len(table.arms)
+  assert f'[1/{n}] ghost_bn: SB, seed 0:' in err
+  assert f'[{n}/{n}]' in err and 'left)' in err
+  with pytest.raises(ValueError, match='quick'):
+    reproduce.reproduce(table, str(out), quick=True, update_docs=True)
+
+
+def test_update_docs_copies_page_and_plots(tmp_path, monkeypatch):
+  fake = _fake_results(random.Random(2))
+  monkeypatch.setattr(
+    reproduce,
+    'run_arm',
+    lambda table, arm, seed, out_dir, quick: fake[arm.name][seed],
+  )
+  docs = tmp_path / 'docs'
+  table = reproduce.load_table('ghost_bn')
+  reproduce.reproduce(
+    table, str(tmp_path / 'out'), update_docs=True, docs_dir=str(docs)
+  )
+  assert sorted(os.listdir(docs)) == ['ghost_bn.md', 'ghost_bn.png']
+  page = (docs / 'ghost_bn.md').read_text()
+  assert '--table=ghost_bn --update_docs' in page
+  assert page == (tmp_path / 'out' / 'ghost_bn.md').read_text()
