@@ -46,11 +46,10 @@ from jax.experimental import multihost_utils
 
 from batchax import optimizers as bo
 from batchax.experiments import checkpoint as ckpt_lib
-from batchax.experiments import config_loading
+from batchax.experiments import config_loading, models, optim, sharding, tasks
 from batchax.experiments import data as data_lib
 from batchax.experiments import hooks as hooks_lib
 from batchax.experiments import metrics as metrics_lib
-from batchax.experiments import models, optim, sharding, tasks
 
 # Keys that may differ between a run and the checkpoint it resumes from:
 # they change how a run is observed or how long it goes on, not what the
