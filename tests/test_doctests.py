@@ -10,6 +10,9 @@ MODULES = (
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
+  'batchax.layers.unmix_tns',
+  'batchax.layers.test_time_norm',
+  'batchax.layers.batchformer',
   'batchax.experiments.regime',
   'batchax.experiments.recurrent',
 )
