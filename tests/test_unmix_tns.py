@@ -314,12 +314,9 @@ def _trained_bn_model():
   x = _x((16, 12, 2))
   net = _Net(nn.BatchNorm, (('momentum', 0.5),))
   v = _perturb_params(net.init(jax.random.key(0), x))
-  for i in range(3):  # Non-trivial running statistics.
-    _, upd = net.apply(
-      v, _x((16, 12, 2), i + 1), train=True, mutable=['batch_stats']
-    )
-    v = {**v, **upd}
-  return net, v, x
+  # One training pass at momentum 0.5: non-trivial running statistics.
+  _, upd = net.apply(v, _x((16, 12, 2), 1), train=True, mutable=['batch_stats'])
+  return net, {**v, **upd}, x
 
 
 def test_convert_from_trained_batch_norm():
@@ -368,14 +365,6 @@ def test_convert_from_trained_batch_norm():
   v_src = bl.convert_batch_norm_variables(v_bn, target_src, jax.random.key(0))
   jax.tree.map(np.testing.assert_array_equal, v_src, v_bn)
   np.testing.assert_array_equal(src.apply(v_src, x), net.apply(v_bn, x))
-  # K = 1 with the trained statistics: instance norm in the spatial layers.
-  one = _Net(bl.UnMixTNS, (('num_components', 1),))
-  v1 = bl.convert_batch_norm_variables(
-    v_bn, one.init(jax.random.key(0), x), jax.random.key(0)
-  )
-  np.testing.assert_array_equal(
-    v1['unmix_stats']['bn0']['mean'][0], v_bn['batch_stats']['bn0']['mean']
-  )
 
 
 def test_convert_errors():
