@@ -15,6 +15,7 @@ MODULES = (
   'batchax.layers.batchformer',
   'batchax.experiments.regime',
   'batchax.experiments.recurrent',
+  'batchax.experiments.streams',
 )
 
 
