@@ -16,6 +16,7 @@ MODULES = (
   'batchax.experiments.regime',
   'batchax.experiments.recurrent',
   'batchax.experiments.streams',
+  'batchax.experiments.long_tail',
 )
 
 
