@@ -60,9 +60,11 @@ Our choices and readings
   normalised with the source statistics (``adapt_dense=False``, default).
 * The cosine similarity l2-normalises both vectors with a floor of 1e-12 on
   the norm (PyTorch's ``F.normalize``); the temperature 0.07 is the official
-  hard-coded value. The mixture variance is computed in two passes (the
-  spread of the ``mu_bk`` around ``mu_b``), which is the law-of-total-variance
-  formula of the paper without its cancellation.
+  hard-coded value. The mixture variance is the paper's law-of-total-variance
+  formula; its sums over components are evaluated in closed form (matrix
+  products of ``[B, K]`` and ``[K, C]``, no ``[B, K, C]`` intermediate), with
+  the means centred on the components' average first to avoid cancellation,
+  and clipped at zero.
 * Statistics are float32 (``force_float32_reductions``) and instance
   variances are biased, as in Flax's ``InstanceNorm``.
 * The components are state, not parameters: they live in the collection
@@ -107,6 +109,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.typing import Dtype, Initializer
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 from batchax.layers import stats
 
@@ -249,9 +252,7 @@ def assignments(
   b = means / jnp.maximum(
     jnp.linalg.norm(means, axis=-1, keepdims=True), _COS_EPS
   )
-  # Elementwise product and sum: exact float32, unlike a default-precision dot
-  # on accelerators.
-  cos = jnp.sum(a[:, None, :] * b[None, :, :], axis=-1)
+  cos = _dot(a, b.T)
   return lax.stop_gradient(jax.nn.softmax(cos / temperature, axis=-1))
 
 
@@ -291,12 +292,24 @@ def unmix_statistics(
   means = lax.stop_gradient(means)
   variances = lax.stop_gradient(variances)
   p = assignments(inst_mean, means, temperature)
-  w = p[:, :, None]
-  mu_k = (1 - w) * means[None] + w * inst_mean[:, None, :]
-  var_k = (1 - w) * variances[None] + w * inst_var[:, None, :]
-  mu = mu_k.mean(axis=1)
-  var = var_k.mean(axis=1) + jnp.mean(jnp.square(mu_k - mu[:, None, :]), axis=1)
-  return mu, var, p
+  # The sums over k in closed form, as [B, K] x [K, C] products (no [B, K, C]
+  # intermediate; several times faster on CPU). Means are centred on the
+  # components' average c first, so that the spread term E_k[mu_bk^2] -
+  # mu_b^2 does not cancel catastrophically.
+  k = means.shape[0]
+  c = means.mean(axis=0)
+  mc = means - c
+  xm = inst_mean - c
+  q = 1 - p
+  mu_c = (mc.sum(axis=0) - _dot(p, mc) + xm) / k
+  mean_var = (variances.sum(axis=0) - _dot(p, variances) + inst_var) / k
+  second = (
+    _dot(q * q, mc * mc)
+    + 2 * xm * _dot(q * p, mc)
+    + xm * xm * jnp.sum(p * p, axis=-1, keepdims=True)
+  ) / k
+  var = mean_var + jnp.maximum(second - mu_c * mu_c, 0.0)
+  return mu_c + c, var, p
 
 
 def update_components(
@@ -342,9 +355,10 @@ def update_components(
   inst_mean, inst_var, p = (
     lax.stop_gradient(a) for a in (inst_mean, inst_var, p)
   )
-  w = p[:, :, None]
-  dm = jnp.mean(w * (inst_mean[:, None, :] - means[None]), axis=0)
-  dv = jnp.mean(w * (inst_var[:, None, :] - variances[None]), axis=0)
+  n = p.shape[0]
+  mass = p.sum(axis=0)[:, None] / n
+  dm = _batch_sum(p, inst_mean) / n - mass * means
+  dv = _batch_sum(p, inst_var) / n - mass * variances
   if axis_name is not None:
     dm, dv = lax.pmean(jnp.stack([dm, dv]), axis_name)
   new_means = (means + rate * dm).astype(means.dtype)
@@ -733,6 +747,24 @@ def convert_batch_norm_variables(
 
 # ----------------------------------------------------------------------------
 # Internals.
+
+
+def _dot(a: Array, b: Array) -> Array:
+  # Full float32 precision also on accelerators (default TPU dots are bf16).
+  return jnp.matmul(a, b, precision=lax.Precision.HIGHEST)
+
+
+def _batch_sum(p: Array, x: Array) -> Array:
+  """``sum_b p[b, k] x[b, c]``, replicated when the batch is sharded.
+
+  On a mesh with ``Explicit`` axes (JAX 0.10's default) a product that
+  contracts the sharded batch axis must name its output sharding.
+  """
+  sharding = getattr(jax.typeof(x), 'sharding', None)
+  mesh = getattr(sharding, 'mesh', None)
+  if getattr(mesh, 'explicit_axes', ()):
+    return jnp.matmul(p.T, x, precision=lax.Precision.HIGHEST, out_sharding=P())
+  return _dot(p.T, x)
 
 
 def _check_components(k) -> None:
