@@ -15,8 +15,13 @@ MODULES = (
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
   'batchax.layers.recurrent',
+  'batchax.layers.unmix_tns',
+  'batchax.layers.test_time_norm',
+  'batchax.layers.batchformer',
   'batchax.experiments.regime',
   'batchax.experiments.recurrent',
+  'batchax.experiments.streams',
+  'batchax.experiments.long_tail',
 )
 
 
