@@ -573,9 +573,10 @@ def scale_by_frugal(
   Example:
     >>> import jax.numpy as jnp
     >>> from batchax.optimizers import scale_by_frugal
+    >>> import jax
     >>> tx = scale_by_frugal(density=0.5, projection='columns')
     >>> grads = {'kernel': jnp.ones((4, 4)), 'bias': jnp.ones(4)}
-    >>> u, state = tx.update(grads, tx.init(grads))
+    >>> u, state = jax.jit(tx.update)(grads, tx.init(grads))
     >>> [int(i.shape[0]) for i in state.projections]  # int(4 * 0.5) columns
     [2]
 
@@ -809,7 +810,7 @@ def frugal(
     >>> opt = frugal(1e-3, density=0.25, update_every=2)
     >>> state = opt.init(params)
     >>> grads = jax.tree.map(jnp.ones_like, params)
-    >>> updates, state = opt.update(grads, state, params)
+    >>> updates, state = jax.jit(opt.update)(grads, state, params)
     >>> # Adam state for one of the four 8x8 kernels plus the head.
     >>> state_bytes(state[0].full_state), state_bytes(state[0].regular_state)
     (516, 132)

@@ -63,8 +63,11 @@ def _split(projection, g, density=0.5, seed=0):
 # ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize('projection', MATRIX + COORD + ('block',))
-@pytest.mark.parametrize('shape', [(6, 4), (3, 5)])
+@pytest.mark.parametrize(
+  'projection,shape',
+  [(p, s) for p in MATRIX for s in ((6, 4), (3, 5))]
+  + [(p, (3, 5)) for p in COORD + ('block',)],
+)
 def test_up_down_is_a_projection(projection, shape):
   g = jax.random.normal(jax.random.key(1), (3,) + shape)
   unit, proj, x, pg, _ = _split(projection, g)
@@ -186,14 +189,16 @@ def test_block_state_is_kept_for_the_active_slots_only():
 
 
 def test_random_block_order_is_stratified_by_shape():
-  params = _llama_like(layers=4)
+  params = _llama_like(layers=2)
   opt = bo.scale_by_frugal(
     density=0.25, update_every=1, block_order='random', key=3
   )
   state = opt.init(params)
+  # 14 tensors, round(3.5) = 4 active: shares of 8, 2 and 4 tensors.
+  assert [p.shape for p in state.projections] == [(2,), (1,), (1,)]
   update = jax.jit(opt.update)
   seen = set()
-  for g in _grads(4, like=params):
+  for g in _grads(2, like=params):
     _, state = update(g, state, params)
     for p in state.projections:
       idx = np.asarray(p).tolist()
@@ -240,9 +245,7 @@ def test_keep_state_does_not_reset():
   assert int(state.full_state.count) == 5
 
 
-@pytest.mark.parametrize(
-  'projection', ['columns', 'rows', 'randk', 'randperm', 'block']
-)
+@pytest.mark.parametrize('projection', ['columns', 'randperm', 'block'])
 def test_density_one_reproduces_adam(projection):
   params = _params()
   opt = bo.frugal(0.1, density=1.0, update_every=100, projection=projection)
@@ -273,7 +276,7 @@ def test_density_one_svd_reproduces_a_rotation_invariant_rule():
     chex.assert_trees_all_close(u, v, rtol=1e-4, atol=1e-6)
 
 
-@pytest.mark.parametrize('projection', ['block', 'svd', 'randk'])
+@pytest.mark.parametrize('projection', ['block', 'svd'])
 def test_nothing_recompiles_across_refreshes(projection):
   traces = []
   opt = bo.frugal(0.1, density=0.5, update_every=2, projection=projection)
@@ -294,12 +297,18 @@ def test_nothing_recompiles_across_refreshes(projection):
 
 
 def test_weight_decay_is_decoupled_with_the_base_rate():
-  params = jax.tree.map(jnp.ones_like, _params())
-  g = _grads(1)[0]
-  a = bo.frugal(0.1, weight_decay=0.5, projection='columns')
-  b = bo.frugal(0.1, projection='columns')
-  ua, _ = jax.jit(a.update)(g, a.init(params), params)
-  ub, _ = jax.jit(b.update)(g, b.init(params), params)
+  params = {'w': jnp.ones((2, 3)), 'b': jnp.ones(3)}
+  g = jax.tree.map(lambda p: 0.5 * p, params)
+  a = bo.frugal(0.1, weight_decay=0.5, projection='columns', state_free='sgd')
+  b = bo.frugal(0.1, projection='columns', state_free='sgd')
+
+  @jax.jit
+  def both():
+    ua, _ = a.update(g, a.init(params), params)
+    ub, _ = b.update(g, b.init(params), params)
+    return ua, ub
+
+  ua, ub = both()
   chex.assert_trees_all_close(
     ua, jax.tree.map(lambda u: u - 0.1 * 0.5, ub), atol=1e-6
   )
@@ -486,6 +495,8 @@ def test_state_bytes_counts_array_leaves():
 
 STATIC = ('density', 'update_every', 'key')
 CASES = [
+  # The official pre-training preset (block, descending, sign); density 1
+  # since the problem has a single eligible matrix.
   oc.Case(
     'block',
     bo.frugal,
@@ -493,32 +504,15 @@ CASES = [
     static_args=STATIC,
   ),
   oc.Case(
-    'svd',
-    bo.frugal,
-    dict(learning_rate=0.1, density=0.5, update_every=3, projection='svd'),
-    static_args=STATIC,
-  ),
-  oc.Case(
-    'columns_wd',
+    'svd_sgd_wd',
     bo.frugal,
     dict(
       learning_rate=0.1,
       density=0.5,
       update_every=3,
-      projection='columns',
-      weight_decay=1e-4,
-    ),
-    static_args=STATIC,
-  ),
-  oc.Case(
-    'randk_sgd',
-    bo.frugal,
-    dict(
-      learning_rate=0.1,
-      density=0.5,
-      update_every=3,
-      projection='randk',
+      projection='svd',
       state_free='sgd',
+      weight_decay=1e-4,
     ),
     static_args=STATIC,
   ),
@@ -540,3 +534,15 @@ def test_docstring_examples(name):
     importlib.import_module(name), optionflags=doctest.ELLIPSIS
   )
   assert result.attempted > 0 and result.failed == 0, result
+
+
+@pytest.mark.parametrize('projection', ['columns', 'randk'])
+def test_coordinate_projections_keep_sharding(projection):
+  # Their gathers run on a replica of a sharded gradient: the contract's
+  # sharding check for them.
+  case = oc.Case(
+    projection,
+    bo.frugal,
+    dict(learning_rate=0.1, density=0.5, projection=projection),
+  )
+  oc.run_check('sharding', case)
