@@ -39,20 +39,38 @@ from batchax.optimizers._sample_schedules import (
   sample_warmup_cosine_schedule,
   scale_by_sample_schedule,
 )
+from batchax.optimizers.frugal import (
+  BLOCK_ORDERS,
+  DEFAULT_EXCLUDE,
+  PROJECTIONS,
+  STATE_FREE_RULES,
+  ScaleByFrugalState,
+  default_eligible,
+  frugal,
+  scale_by_frugal,
+)
+from batchax.optimizers.memory import state_bytes
 
 __all__ = [
   'AdaptiveBatchSizeState',
+  'BLOCK_ORDERS',
+  'DEFAULT_EXCLUDE',
   'GradientStatistics',
   'NoiseStatistics',
+  'PROJECTIONS',
+  'STATE_FREE_RULES',
   'SampleSchedule',
   'SampleScheduleState',
   'ScaleByAdagradNormState',
   'ScaleByAdagradState',
+  'ScaleByFrugalState',
   'adadagrad',
   'adadagrad_norm',
   'adagrad',
   'adagrad_norm',
   'adaptive_batch_size',
+  'default_eligible',
+  'frugal',
   'get_batch_size',
   'gradient_statistics',
   'mean_gradient',
@@ -63,6 +81,8 @@ __all__ = [
   'sample_warmup_cosine_schedule',
   'scale_by_adagrad',
   'scale_by_adagrad_norm',
+  'scale_by_frugal',
   'scale_by_sample_schedule',
+  'state_bytes',
   'zero_gradient_statistics',
 ]
