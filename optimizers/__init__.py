@@ -1,4 +1,4 @@
-"""Optax transforms: AdAdaGrad, MKOR, FRUGAL, EGGROLL."""
+"""Optax transforms: AdAdaGrad, MKOR (and a KFAC baseline), FRUGAL, EGGROLL."""
 
 from batchax.optimizers.adadagrad import (
   AdaptiveBatchSizeState,
@@ -26,6 +26,16 @@ from batchax.optimizers.adadagrad import (
   scale_by_sample_schedule,
   zero_gradient_statistics,
 )
+from batchax.optimizers.kfac import (
+  KFACLayerState,
+  KFACStatistics,
+  ScaleByKFACState,
+  damped_inverse,
+  kfac,
+  kfac_statistics,
+  merge_kfac_statistics,
+  scale_by_kfac,
+)
 from batchax.optimizers.mkor import (
   MKORLayerState,
   MKORStatistics,
@@ -43,6 +53,8 @@ from batchax.optimizers.mkor import (
 __all__ = [
   'AdaptiveBatchSizeState',
   'GradientStatistics',
+  'KFACLayerState',
+  'KFACStatistics',
   'MKORLayerState',
   'MKORStatistics',
   'NoiseStatistics',
@@ -50,18 +62,23 @@ __all__ = [
   'SampleScheduleState',
   'ScaleByAdagradNormState',
   'ScaleByAdagradState',
+  'ScaleByKFACState',
   'ScaleByMKORState',
   'adadagrad',
   'adadagrad_norm',
   'adagrad',
   'adagrad_norm',
   'adaptive_batch_size',
+  'damped_inverse',
   'get_batch_size',
   'get_mkor_state',
   'get_mkor_switch_step',
   'gradient_statistics',
+  'kfac',
+  'kfac_statistics',
   'mean_gradient',
   'merge_gradient_statistics',
+  'merge_kfac_statistics',
   'merge_mkor_statistics',
   'mkor',
   'mkor_h',
@@ -72,6 +89,7 @@ __all__ = [
   'sample_warmup_cosine_schedule',
   'scale_by_adagrad',
   'scale_by_adagrad_norm',
+  'scale_by_kfac',
   'scale_by_mkor',
   'scale_by_sample_schedule',
   'sherman_morrison',

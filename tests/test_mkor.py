@@ -610,7 +610,6 @@ def test_mkor_h_switches_once_at_the_knee_and_keeps_inner_state():
   assert switch == want
   # After the switch: plain SGD-momentum on the raw gradient, with the
   # momentum buffer carried over from the MKOR phase.
-  trace = bo.get_mkor_state(state)  # noqa: F841 (state is reachable)
   momentum = state[1][1].trace
   np.testing.assert_allclose(
     outs[-1]['Dense_0']['kernel'], -0.1 * momentum['Dense_0']['kernel']
