@@ -14,7 +14,8 @@ from the whole batch,
 gradient scaled to a per-example gradient, ``R`` rows, ``c = 1`` for a Dense
 and the number of positions per example for a Conv, see
 :func:`kfac_statistics`), and every ``inv_freq``
-steps recomputes damped inverses from their eigendecompositions (O(d^3)).
+steps recomputes their damped inverses (Cholesky or eigendecomposition,
+O(d^3)).
 Every step the layer gradient is preconditioned as
 ``(A + pi sqrt(lambda) I)^{-1} grad (G + sqrt(lambda)/pi I)^{-1}`` (factored
 Tikhonov damping, Martens and Grosse 2015 section 6.3).
@@ -229,14 +230,17 @@ class ScaleByKFACState(NamedTuple):
   layers: Any
 
 
-def damped_inverse(cov: jax.Array, damping: jax.Array) -> jax.Array:
-  r"""``(cov + damping I)^{-1}`` of a symmetric PSD ``cov`` via ``eigh``.
-
-  Eigenvalues below zero (round-off) are clipped to zero first.
+def damped_inverse(
+  cov: jax.Array, damping: jax.Array, method: str = 'cholesky'
+) -> jax.Array:
+  r"""``(cov + damping I)^{-1}`` of a symmetric PSD ``cov``.
 
   Args:
     cov: ``[d, d]`` symmetric positive semi-definite.
     damping: scalar > 0.
+    method: ``'cholesky'`` (a Cholesky factorization and solve) or
+      ``'eigh'`` (an eigendecomposition, eigenvalues below zero clipped to
+      zero first: robust to round-off, but XLA's CPU ``eigh`` is slow).
 
   Returns:
     ``[d, d]``, symmetric.
@@ -244,13 +248,21 @@ def damped_inverse(cov: jax.Array, damping: jax.Array) -> jax.Array:
   Example:
     >>> import jax.numpy as jnp
     >>> from batchax.optimizers import damped_inverse
-    >>> damped_inverse(jnp.diag(jnp.array([1., 3.])), 1.0)
+    >>> inv = damped_inverse(jnp.diag(jnp.array([1., 3.])), 1.0)
+    >>> jnp.round(inv, 6)
     Array([[0.5 , 0.  ],
            [0.  , 0.25]], dtype=float32)
   """
-  evals, evecs = jnp.linalg.eigh(cov)
-  inv = 1.0 / (jnp.maximum(evals, 0.0) + damping)
-  out = (evecs * inv) @ evecs.T
+  eye = jnp.eye(cov.shape[0], dtype=cov.dtype)
+  if method == 'eigh':
+    evals, evecs = jnp.linalg.eigh(cov)
+    inv = 1.0 / (jnp.maximum(evals, 0.0) + damping)
+    out = (evecs * inv) @ evecs.T
+  elif method == 'cholesky':
+    factor = jax.scipy.linalg.cho_factor(cov + damping * eye, lower=True)
+    out = jax.scipy.linalg.cho_solve(factor, eye)
+  else:
+    raise ValueError(f"method must be 'cholesky' or 'eigh', got {method!r}.")
   return 0.5 * (out + out.T)
 
 
@@ -270,6 +282,7 @@ def scale_by_kfac(
   inv_freq: int = 10,
   pi_damping: bool = True,
   rescale: bool = True,
+  inverse: str = 'cholesky',
   factor_dtype: Any = 'float32',
   exclude: Callable[[Path], bool] | Sequence[str] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -284,8 +297,9 @@ def scale_by_kfac(
     A^{-1}_\lambda = (\bar A + \pi \sqrt\lambda I)^{-1}, \qquad
     G^{-1}_\lambda = (\bar G + \sqrt\lambda / \pi\, I)^{-1},
 
-  by eigendecomposition, with :math:`\pi^2 = (\operatorname{tr}\bar A /
-  \dim A) / (\operatorname{tr}\bar G / \dim G)` (or :math:`\pi = 1`). Every
+  (by Cholesky or eigendecomposition, see :func:`damped_inverse`), with
+  :math:`\pi^2 = (\operatorname{tr}\bar A / \dim A) / (\operatorname{tr}
+  \bar G / \dim G)` (or :math:`\pi = 1`). Every
   step a layer's flax gradient matrix :math:`\nabla` (``[K (+1), d_out]``,
   kernel rows then the bias row) becomes :math:`A^{-1}_\lambda \nabla
   G^{-1}_\lambda`, rescaled like MKOR to the raw sum of norms if ``rescale``.
@@ -298,6 +312,8 @@ def scale_by_kfac(
     inv_freq: inversion period (>= 1), a multiple of ``cov_freq``.
     pi_damping: split the damping between the factors with :math:`\pi`.
     rescale: rescale to the raw gradient's sum of norms (as MKOR).
+    inverse: ``'cholesky'`` (default) or ``'eigh'``, see
+      :func:`damped_inverse`.
     factor_dtype: storage dtype name of the factors (computed in float32, or
       float64 if stored so).
     exclude: layers that get the raw gradient (as in :func:`scale_by_mkor`).
@@ -321,6 +337,8 @@ def scale_by_kfac(
     raise ValueError(
       f'inv_freq ({inv_freq}) must be a multiple of cov_freq ({cov_freq}).'
     )
+  if inverse not in ('cholesky', 'eigh'):
+    raise ValueError(f"inverse must be 'cholesky' or 'eigh', got {inverse!r}.")
   try:
     storage = jnp.dtype(factor_dtype)
   except TypeError as e:
@@ -395,8 +413,8 @@ def scale_by_kfac(
       g_cov = ls.g_cov.astype(compute)
       pi = _pi(a_cov, g_cov) if pi_damping else 1.0
       root = jnp.sqrt(jnp.asarray(damping, compute))
-      a_inv = damped_inverse(a_cov, pi * root).astype(storage)
-      g_inv = damped_inverse(g_cov, root / pi).astype(storage)
+      a_inv = damped_inverse(a_cov, pi * root, inverse).astype(storage)
+      g_inv = damped_inverse(g_cov, root / pi, inverse).astype(storage)
       new.append(
         ls._replace(
           a_inv=_mkor._match_sharding(a_inv, ls.a_inv),
@@ -494,6 +512,7 @@ def kfac(
   inv_freq: int = 10,
   pi_damping: bool = True,
   rescale: bool = True,
+  inverse: str = 'cholesky',
   factor_dtype: Any = 'float32',
   exclude: Callable[[Path], bool] | Sequence[str] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -515,6 +534,7 @@ def kfac(
     inv_freq: see :func:`scale_by_kfac`.
     pi_damping: see :func:`scale_by_kfac`.
     rescale: see :func:`scale_by_kfac`.
+    inverse: see :func:`scale_by_kfac`.
     factor_dtype: see :func:`scale_by_kfac`.
     exclude: see :func:`scale_by_kfac`.
 
@@ -534,6 +554,7 @@ def kfac(
       inv_freq=inv_freq,
       pi_damping=pi_damping,
       rescale=rescale,
+      inverse=inverse,
       factor_dtype=factor_dtype,
       exclude=exclude,
     ),

@@ -878,13 +878,16 @@ def scale_by_mkor(
       (node['kernel'], node.get('bias') if 'bias' in node else None)
       for _, node in layers
     ]
-    new_grads = lax.cond(
-      second,
-      precondition,
-      lambda _, g: list(g),
-      layer_states,
-      grads_by_layer,
-    )
+    if hybrid:
+      new_grads = lax.cond(
+        second,
+        precondition,
+        lambda _, g: list(g),
+        layer_states,
+        grads_by_layer,
+      )
+    else:  # always second order: no cond, so XLA can fuse around it
+      new_grads = precondition(layer_states, grads_by_layer)
     replace = {}
     for path, (nk, nb) in zip(paths, new_grads):
       replace[path + ('kernel',)] = nk

@@ -58,8 +58,10 @@ def test_one_example_factors_are_the_exact_empirical_fisher():
     )
 
 
-@pytest.mark.parametrize('pi_damping', [True, False])
-def test_update_is_the_damped_kronecker_natural_gradient(pi_damping):
+@pytest.mark.parametrize(
+  'pi_damping, inverse', [(True, 'cholesky'), (False, 'eigh')]
+)
+def test_update_is_the_damped_kronecker_natural_gradient(pi_damping, inverse):
   damping = 0.3
   with jax.enable_x64(True):
     rng = np.random.default_rng(1)
@@ -70,6 +72,7 @@ def test_update_is_the_damped_kronecker_natural_gradient(pi_damping):
       damping=damping,
       rescale=False,
       pi_damping=pi_damping,
+      inverse=inverse,
       factor_dtype='float64',
     )
     out, _ = tx.update(grads, tx.init(grads), layer_stats=stats)
@@ -155,11 +158,12 @@ def test_running_factors_and_inversion_schedule():
   assert not np.allclose(inv_seen[3], inv_seen[0])
 
 
-def test_damped_inverse():
+@pytest.mark.parametrize('method', ['cholesky', 'eigh'])
+def test_damped_inverse(method):
   rng = np.random.default_rng(4)
-  q = rng.normal(size=(4, 4))
-  cov = q @ q.T
-  got = bo.damped_inverse(jnp.asarray(cov, jnp.float32), 0.5)
+  q = rng.normal(size=(4, 3))
+  cov = q @ q.T  # singular
+  got = bo.damped_inverse(jnp.asarray(cov, jnp.float32), 0.5, method)
   np.testing.assert_allclose(
     got, np.linalg.inv(cov + 0.5 * np.eye(4)), rtol=1e-4, atol=1e-5
   )
@@ -179,6 +183,8 @@ def test_errors():
     bo.kfac(0.1, damping=0.0)
   with pytest.raises(ValueError, match='inv_freq'):
     bo.kfac(0.1, inv_freq=0)
+  with pytest.raises(ValueError, match='inverse must be'):
+    bo.kfac(0.1, inverse='svd')
 
 
 # The optax contract on the contract's {'w', 'b'} model as one layer.
