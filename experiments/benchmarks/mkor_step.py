@@ -20,9 +20,12 @@ so ``T = 10`` arms include exactly one refresh per 10 steps. Arms are timed
 in interleaved repetitions with the order shuffled every repetition, after a
 warm-up that compiles and runs every arm. We report the median time per step
 and the median over repetitions of the ratio ``arm / sgd`` within the same
-repetition (and its interquartile range). The refresh costs are the
-differences of the medians ``T = 1`` minus ``T = inf``. Optimizer-state bytes
-are summed over the state leaves (Adam for reference).
+repetition (and its interquartile range). The refresh cost of a method is the
+median over repetitions of its ``T = 1`` minus its ``T = inf`` time per step
+in the same repetition. The same arms are then timed again on the optimizer
+update alone (a fixed gradient and fixed statistics, no forward or backward
+pass), which isolates the optimizer's cost from the model's. Optimizer-state
+bytes are summed over the state leaves (Adam for reference).
 
 Usage::
 
@@ -121,7 +124,7 @@ def grads_and_captures(params, batch):
 
 
 def make_arm(name: str, params):
-  """A jitted step and its initial (params, state)."""
+  """A jitted train step and its initial (params, state)."""
   kind, _, period = name.partition(' ')
   lr = 0.01
   if kind == 'sgd':
@@ -149,6 +152,30 @@ def make_arm(name: str, params):
   return jax.jit(step, donate_argnums=(0, 1)), (params, opt.init(params))
 
 
+def make_update_arm(name: str, params, batch):
+  """A jitted optimizer update alone, on a fixed gradient and statistics."""
+  kind, _, period = name.partition(' ')
+  if kind == 'sgd':
+    opt = optax.sgd(0.01, momentum=0.9)
+    grads = jax.jit(grads_only)(params, batch)
+    extra = {}
+  else:
+    t = _NEVER if period == 'inf' else int(period)
+    opt, stats_fn = {
+      'mkor': (bo.mkor(0.01, inv_freq=t), bo.mkor_statistics),
+      'kfac': (bo.kfac(0.01, inv_freq=t), bo.kfac_statistics),
+    }[kind]
+    grads, captures = jax.jit(grads_and_captures)(params, batch)
+    extra = {'layer_stats': jax.jit(stats_fn)(captures, params)}
+
+  def update(state, updates):
+    del updates
+    updates, state = opt.update(grads, state, params, **extra)
+    return state, updates
+
+  return jax.jit(update, donate_argnums=(0, 1)), (opt.init(params), grads)
+
+
 def state_bytes(opt, params) -> int:
   shapes = jax.eval_shape(opt.init, params)
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(shapes))
@@ -156,9 +183,61 @@ def state_bytes(opt, params) -> int:
 
 def _run(fn, carry, batch, steps):
   for _ in range(steps):
-    carry = fn(*carry, batch)
+    carry = fn(*carry, *batch)
   jax.block_until_ready(carry)
   return carry
+
+
+def _time(arms, carries, batch, reps, steps):
+  """Seconds per step of each arm, one entry per interleaved repetition."""
+  names = list(arms)
+  for name in names:  # warm-up: compile and run 10 steps
+    carries[name] = _run(arms[name], carries[name], batch, 10)
+  times = {name: [] for name in names}
+  order = random.Random(0)
+  for _ in range(reps):
+    order.shuffle(names)
+    for name in names:
+      start = time.perf_counter()
+      carries[name] = _run(arms[name], carries[name], batch, steps)
+      times[name].append((time.perf_counter() - start) / steps)
+  return times
+
+
+def _table(times, base, names):
+  rows = [
+    f'| arm | median ms / step | median ratio to {base} | ratio IQR |',
+    '| --- | ---: | ---: | ---: |',
+  ]
+  for name in names:
+    ratios = [t / b for t, b in zip(times[name], times[base])]
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    rows.append(
+      f'| {name} | {1e3 * statistics.median(times[name]):.1f} '
+      f'| {statistics.median(ratios):.2f} | {q1:.2f}-{q3:.2f} |'
+    )
+  return rows
+
+
+def _refresh_rows(times):
+  rows = ['| refresh cost (T=1 minus T=inf, per step) | median ms | IQR ms |']
+  rows.append('| --- | ---: | ---: |')
+  refresh = {}
+  for kind in ('mkor', 'kfac'):
+    if f'{kind} 1' in times and f'{kind} inf' in times:
+      # Within-repetition differences, so that drift cancels.
+      diffs = [a - b for a, b in zip(times[f'{kind} 1'], times[f'{kind} inf'])]
+      refresh[kind] = diffs
+      q1, q2, q3 = statistics.quantiles(diffs, n=4, method='inclusive')
+      rows.append(
+        f'| {kind} | {1e3 * q2:.1f} | {1e3 * q1:.1f}-{1e3 * q3:.1f} |'
+      )
+  if len(refresh) == 2:
+    ratios = [a / b for a, b in zip(refresh['mkor'], refresh['kfac'])]
+    rows.append(
+      f'\nmkor / kfac refresh time: median {statistics.median(ratios):.3f}'
+    )
+  return rows
 
 
 def main(argv):
@@ -169,45 +248,34 @@ def main(argv):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(_BATCH.value, _WIDTH.value)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, size=_BATCH.value), jnp.int32)
-  batch = (x, y)
   names = list(_ARMS.value)
-  arms, carries = {}, {}
-  for name in names:  # warm-up: compile and run 10 steps
-    fn, carry = make_arm(name, jax.tree.map(jnp.copy, params))
-    arms[name] = fn
-    carries[name] = _run(fn, carry, batch, 10)
-  times = {name: [] for name in names}
-  order = random.Random(0)
-  for _ in range(_REPS.value):
-    order.shuffle(names)
-    for name in names:
-      start = time.perf_counter()
-      carries[name] = _run(arms[name], carries[name], batch, _STEPS.value)
-      times[name].append((time.perf_counter() - start) / _STEPS.value)
+  base = 'sgd' if 'sgd' in names else names[0]
   n_params = sum(p.size for p in jax.tree.leaves(params))
-  base = 'sgd' if 'sgd' in times else names[0]
   rows = [
     f'MLP {_WIDTH.value} -> {_DEPTH.value} x {_WIDTH.value} -> 10 '
     f'({n_params} params), batch {_BATCH.value}, {_REPS.value} reps x '
-    f'{_STEPS.value} steps\n',
-    f'| arm | median ms / step | median ratio to {base} | ratio IQR |',
-    '| --- | ---: | ---: | ---: |',
+    f'{_STEPS.value} steps',
+    '\nWhole train step:\n',
   ]
-  med = {}
-  for name in _ARMS.value:
-    med[name] = statistics.median(times[name])
-    ratios = [t / b for t, b in zip(times[name], times[base])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+  arms, carries = {}, {}
+  for name in names:
+    fn, carry = make_arm(name, jax.tree.map(jnp.copy, params))
+    arms[name], carries[name] = fn, carry
+  times = _time(arms, carries, ((x, y),), _REPS.value, _STEPS.value)
+  del arms, carries
+  rows += _table(times, base, names)
+  if 'mkor 10' in times and 'kfac 10' in times:
+    ratios = [a / b for a, b in zip(times['mkor 10'], times['kfac 10'])]
     rows.append(
-      f'| {name} | {1e3 * med[name]:.1f} | {statistics.median(ratios):.2f} '
-      f'| {q1:.2f}-{q3:.2f} |'
+      f'\nmkor 10 / kfac 10 step time: median {statistics.median(ratios):.3f}'
     )
-  for kind in ('mkor', 'kfac'):
-    if f'{kind} 1' in med and f'{kind} inf' in med:
-      cost = med[f'{kind} 1'] - med[f'{kind} inf']
-      rows.append(
-        f'\n{kind} refresh cost (T=1 minus T=inf): {1e3 * cost:.1f} ms'
-      )
+  rows += ['\nOptimizer update alone (fixed gradient and statistics):\n']
+  arms, carries = {}, {}
+  for name in names:
+    fn, carry = make_update_arm(name, params, (x, y))
+    arms[name], carries[name] = fn, carry
+  times = _time(arms, carries, (), _REPS.value, _STEPS.value)
+  rows += _table(times, base, names) + [''] + _refresh_rows(times)
   rows.append('\n| optimizer | state MiB | ratio to Adam |')
   rows.append('| --- | ---: | ---: |')
   opts = {
