@@ -1,10 +1,12 @@
-"""Optax transforms: AdAdaGrad (adaptive batch sizes) and its AdaGrad bases.
+"""Optax transforms: AdAdaGrad, MKOR (with a KFAC baseline) and FRUGAL.
 
 Modules are private, one concern each (as in optax); use the names here.
 AdAdaGrad (arXiv 2402.11215) is spread over ``_adagrad`` (the AdaGrad and
 AdaGrad-Norm update rules), ``_gradient_statistics`` (mergeable per-example
 gradient statistics), ``_sample_schedules`` (schedules of the examples
-processed) and ``_adadagrad`` (the batch-size tests and the aliases).
+processed) and ``_adadagrad`` (the batch-size tests and the aliases). MKOR
+(arXiv 2306.01685) is ``mkor``, its KFAC baseline ``kfac``; FRUGAL (arXiv
+2411.07837) is ``frugal``; ``memory.state_bytes`` counts optimizer state.
 """
 
 from batchax.optimizers._adadagrad import (
@@ -49,13 +51,40 @@ from batchax.optimizers.frugal import (
   frugal,
   scale_by_frugal,
 )
+from batchax.optimizers.kfac import (
+  KFACLayerState,
+  KFACStatistics,
+  ScaleByKFACState,
+  damped_inverse,
+  kfac,
+  kfac_statistics,
+  merge_kfac_statistics,
+  scale_by_kfac,
+)
 from batchax.optimizers.memory import state_bytes
+from batchax.optimizers.mkor import (
+  MKORLayerState,
+  MKORStatistics,
+  ScaleByMKORState,
+  get_mkor_state,
+  get_mkor_switch_step,
+  merge_mkor_statistics,
+  mkor,
+  mkor_h,
+  mkor_statistics,
+  scale_by_mkor,
+  sherman_morrison,
+)
 
 __all__ = [
   'AdaptiveBatchSizeState',
   'BLOCK_ORDERS',
   'DEFAULT_EXCLUDE',
   'GradientStatistics',
+  'KFACLayerState',
+  'KFACStatistics',
+  'MKORLayerState',
+  'MKORStatistics',
   'NoiseStatistics',
   'PROJECTIONS',
   'STATE_FREE_RULES',
@@ -64,6 +93,8 @@ __all__ = [
   'ScaleByAdagradNormState',
   'ScaleByAdagradState',
   'ScaleByFrugalState',
+  'ScaleByKFACState',
+  'ScaleByMKORState',
   'adadagrad',
   'adadagrad_norm',
   'adagrad',
@@ -71,10 +102,20 @@ __all__ = [
   'adaptive_batch_size',
   'default_eligible',
   'frugal',
+  'damped_inverse',
   'get_batch_size',
+  'get_mkor_state',
+  'get_mkor_switch_step',
   'gradient_statistics',
+  'kfac',
+  'kfac_statistics',
   'mean_gradient',
   'merge_gradient_statistics',
+  'merge_kfac_statistics',
+  'merge_mkor_statistics',
+  'mkor',
+  'mkor_h',
+  'mkor_statistics',
   'noise_statistics',
   'requested_batch_size',
   'sample_schedule',
@@ -84,5 +125,8 @@ __all__ = [
   'scale_by_frugal',
   'scale_by_sample_schedule',
   'state_bytes',
+  'scale_by_kfac',
+  'scale_by_mkor',
+  'sherman_morrison',
   'zero_gradient_statistics',
 ]

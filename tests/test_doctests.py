@@ -11,6 +11,8 @@ MODULES = (
   'batchax.optimizers._gradient_statistics',
   'batchax.optimizers._sample_schedules',
   'batchax.optimizers.capture',
+  'batchax.optimizers.kfac',
+  'batchax.optimizers.mkor',
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
