@@ -26,6 +26,12 @@ from batchax.optimizers.adadagrad import (
   scale_by_sample_schedule,
   zero_gradient_statistics,
 )
+from batchax.optimizers.eggroll import (
+  EggrollState,
+  Population,
+  eggroll,
+  shape_fitness,
+)
 
 __all__ = [
   'AdaptiveBatchSizeState',
@@ -35,11 +41,14 @@ __all__ = [
   'SampleScheduleState',
   'ScaleByAdagradNormState',
   'ScaleByAdagradState',
+  'EggrollState',
+  'Population',
   'adadagrad',
   'adadagrad_norm',
   'adagrad',
   'adagrad_norm',
   'adaptive_batch_size',
+  'eggroll',
   'get_batch_size',
   'gradient_statistics',
   'mean_gradient',
@@ -51,5 +60,6 @@ __all__ = [
   'scale_by_adagrad',
   'scale_by_adagrad_norm',
   'scale_by_sample_schedule',
+  'shape_fitness',
   'zero_gradient_statistics',
 ]

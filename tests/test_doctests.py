@@ -7,6 +7,7 @@ import pytest
 
 MODULES = (
   'batchax.optimizers.adadagrad',
+  'batchax.optimizers.eggroll',
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
