@@ -141,7 +141,7 @@ def shape_fitness(
   Example:
     >>> import jax.numpy as jnp
     >>> f = jnp.array([10.0, -1.0, 3.0, 7.0])
-    >>> shape_fitness(f, 'centered_rank').round(3).tolist()
+    >>> [round(v, 3) for v in shape_fitness(f, 'centered_rank').tolist()]
     [0.5, -0.5, -0.167, 0.167]
   """
   f = jnp.asarray(fitness, _F32)
@@ -315,6 +315,7 @@ class Population:
     module,
     *args,
     variables: dict | None = None,
+    check_unused: bool = True,
     **kwargs,
   ):
     """Runs a ``flax.linen`` module for all members at once.
@@ -343,11 +344,14 @@ class Population:
     ``Dense`` kernel or bias: anything else (an embedding, a norm scale, a
     ``DenseGeneral`` or conv kernel) raises at trace time; freeze it
     (``exclude=`` or ``nonmatrix='freeze'``) or use :meth:`member_params`.
+    A perturbed leaf that this call does not use at all also raises, unless
+    ``check_unused=False`` (e.g. a model run in parts with ``method=``).
 
     Args:
       module: a ``flax.linen.Module``.
       *args: its inputs, with the population axis as above.
       variables: other variable collections (e.g. ``{'cache': ...}``).
+      check_unused: raise if a perturbed leaf is not used by a ``Dense``.
       **kwargs: passed to ``module.apply`` (``method``, ``rngs``, ...).
 
     Returns:
@@ -421,7 +425,7 @@ class Population:
         {'params': self.params, **(variables or {})}, *args, **kwargs
       )
     missing = sorted(perturbed - used)
-    if missing:
+    if missing and check_unused:
       names = ', '.join('/'.join(p) for p in missing)
       raise ValueError(
         f'Population.apply perturbs only flax.linen.Dense kernels and biases, '
@@ -492,10 +496,12 @@ def eggroll(
       pass it *as an argument* of a jitted function, wrap it in
       ``jax.tree_util.Partial`` (its bound arguments, e.g. the batch, are
       then traced leaves).
-    key: the ES key (a typed or raw PRNG key). Pass the **same** key every
-      step (e.g. one derived from the run seed): the step counter in the
-      state makes the noise fresh, and ``noise_reuse > 1`` needs the key to
-      stay put. A new key per step also works with ``noise_reuse=1``.
+    key: the ES key, a threefry2x32 PRNG key (typed or raw; rbg keys are
+      refused because their draws depend on batching). Pass the **same**
+      key every step (e.g. one derived from the run seed): the step counter
+      in the state makes the noise fresh, and ``noise_reuse > 1`` needs the
+      key to stay put. A new key per step also works with
+      ``noise_reuse=1``.
 
   Args:
     population_size: ``N``, the number of members; even with antithetic
@@ -633,6 +639,15 @@ def eggroll(
     key = extra_args['key']
     if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
       key = jax.random.wrap_key_data(key)
+    if str(jax.random.key_impl(key)) != 'threefry2x32':
+      # rbg draws change with the vmap batch size, so the forward, the
+      # chunked update and Population.perturbation would disagree.
+      raise ValueError(
+        f'eggroll needs a threefry2x32 key (jax.random.key(seed)), got a '
+        f'{jax.random.key_impl(key)} key: its draws depend on how they are '
+        'batched, and EGGROLL regenerates the same noise in different '
+        'batches.'
+      )
     fitness_fn = extra_args['fitness_fn']
     count = state.count
     sig = sigma(count) if callable(sigma) else sigma
