@@ -93,6 +93,9 @@ _F32 = jnp.float32
 SHAPINGS = ('zscore', 'centered_rank', 'group', 'none')
 NONMATRIX = ('dense', 'freeze')
 
+# Ranks up to this compute the forward correction as broadcast products.
+_UNROLL_RANK = 8
+
 # Leaf kinds.
 LOWRANK, DENSE, FROZEN = 'lowrank', 'dense', 'frozen'
 
@@ -409,7 +412,13 @@ class Population:
         if self.leaves[kernel].kind == LOWRANK:
           xb = jnp.einsum('kgm...i,kir->kgm...r', xs, z[:, :d_in])
           xb = xb * (scale / math.sqrt(self.rank))
-          corr = jnp.einsum('kgm...r,kor->kgm...o', xb, z[:, d_in:])
+          a = z[:, d_in:].reshape(k, 1, *([1] * (xs.ndim - 3)), -1, self.rank)
+          if self.rank <= _UNROLL_RANK:
+            # Outer products as broadcasts: XLA fuses them with the add to y
+            # (no [N, m, ..., d_out] intermediate, unlike a dot).
+            corr = sum(xb[..., j : j + 1] * a[..., j] for j in range(self.rank))
+          else:
+            corr = jnp.einsum('kgm...r,kor->kgm...o', xb, z[:, d_in:])
         else:
           corr = scale * jnp.einsum('kgm...i,kio->kgm...o', xs, z)
       if bias in todo:

@@ -163,7 +163,7 @@ def test_apply_rejects_input_without_population_axis():
     )
 
 
-@pytest.mark.parametrize('rank', [2, None])
+@pytest.mark.parametrize('rank', [2, 9, None])  # 9: the einsum path
 def test_update_uses_the_forward_perturbations(rank):
   """Finite differences: with x = I the forward of member n is W + E_n."""
   d_in, d_out, n = 5, 4, 8

@@ -60,6 +60,12 @@ _NAIVE = flags.DEFINE_integer(
   'naive_members', 64, 'Members timed for the naive arms (scaled to N).'
 )
 _EVOSAX = flags.DEFINE_bool('evosax', True, 'Run the evosax arm if present.')
+_NONMATRIX = flags.DEFINE_enum(
+  'nonmatrix',
+  'dense',
+  ['dense', 'freeze'],
+  'Biases: dense noise, or frozen (the official LLM default).',
+)
 
 SIGMA = 0.01
 # Paper figures (arXiv 2511.16652 abstract; the 0.41% OpenES figure is the
@@ -106,7 +112,7 @@ def _population(opt, params):
 _KEY = jax.random.key(0)
 
 
-def _vmap_members_forward(pop, x, layers):
+def _vmap_members_forward(pop, x, layers, nonmatrix):
   """Low-rank forward written per member and vmapped: the plain way."""
   index = {leaf.path: i for i, leaf in enumerate(pop.leaves)}
   r = pop.rank
@@ -118,9 +124,10 @@ def _vmap_members_forward(pop, x, layers):
       name = f'Dense_{i}'
       p = pop.params[name]
       z = pop.draws(index[name, 'kernel'], k)[0]
-      beta = pop.draws(index[name, 'bias'], k)[0]
       d_in = p['kernel'].shape[0]
-      y = xn @ p['kernel'] + p['bias'] + s * beta
+      y = xn @ p['kernel'] + p['bias']
+      if nonmatrix == 'dense':
+        y = y + s * pop.draws(index[name, 'bias'], k)[0]
       xn = y + (s / np.sqrt(r)) * (xn @ z[:d_in]) @ z[d_in:].T
       if i < layers - 1:
         xn = jax.nn.relu(xn)
@@ -129,13 +136,15 @@ def _vmap_members_forward(pop, x, layers):
   return jax.vmap(member)(jnp.arange(pop.population_size), x)
 
 
-def _make_arms(n, m, width, layers, rank, naive, use_evosax):
+def _make_arms(n, m, width, layers, rank, naive, use_evosax, nonmatrix):
   model = MLP(width, layers)
   x = jax.random.normal(jax.random.key(1), (n, m, width))
   params = model.init(jax.random.key(2), x[0])['params']
-  egg = bo.eggroll(n, rank=rank, sigma=SIGMA)
+  egg = bo.eggroll(n, rank=rank, sigma=SIGMA, nonmatrix=nonmatrix)
   pop = _population(egg, params)
-  full = _population(bo.eggroll(n, rank=None, sigma=SIGMA), params)
+  full = _population(
+    bo.eggroll(n, rank=None, sigma=SIGMA, nonmatrix=nonmatrix), params
+  )
   xs = x[:naive]
 
   def fitness_fn(pop):
@@ -158,7 +167,7 @@ def _make_arms(n, m, width, layers, rank, naive, use_evosax):
     ),
     'eggroll': (jax.jit(lambda pop, x: pop.apply(model, x)), (pop, x), n),
     'vmap members': (
-      jax.jit(lambda pop, x: _vmap_members_forward(pop, x, layers)),
+      jax.jit(lambda pop, x: _vmap_members_forward(pop, x, layers, nonmatrix)),
       (pop, x),
       n,
     ),
@@ -195,8 +204,10 @@ def _make_arms(n, m, width, layers, rank, naive, use_evosax):
   return arms
 
 
-def run(n, m, width, layers, rank, reps, naive, use_evosax) -> list[dict]:
-  arms = _make_arms(n, m, width, layers, rank, naive, use_evosax)
+def run(
+  n, m, width, layers, rank, reps, naive, use_evosax, nonmatrix='dense'
+) -> list[dict]:
+  arms = _make_arms(n, m, width, layers, rank, naive, use_evosax, nonmatrix)
   for name, (fn, args, _) in arms.items():
     t0 = time.perf_counter()
     jax.block_until_ready(fn(*args))  # compile
@@ -259,11 +270,13 @@ def main(argv):
     _REPS.value,
     _NAIVE.value,
     _EVOSAX.value,
+    _NONMATRIX.value,
   )
   print(to_markdown(rows, n, m))
   print(
-    f'\njax {jax.__version__}, backend {jax.default_backend()}, '
-    f'{time.perf_counter() - t0:.0f} s in all'
+    f'\nrank {_RANK.value}, width {_WIDTH.value}, {_LAYERS.value} layers, '
+    f'biases {_NONMATRIX.value}; jax {jax.__version__}, backend '
+    f'{jax.default_backend()}, {time.perf_counter() - t0:.0f} s in all'
   )
 
 
