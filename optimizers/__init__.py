@@ -1,4 +1,4 @@
-"""Optax transforms: AdAdaGrad, MKOR (with a KFAC baseline) and FRUGAL.
+"""Optax transforms: AdAdaGrad, MKOR (with a KFAC baseline), FRUGAL, EGGROLL.
 
 Modules are private, one concern each (as in optax); use the names here.
 AdAdaGrad (arXiv 2402.11215) is spread over ``_adagrad`` (the AdaGrad and
@@ -6,7 +6,8 @@ AdaGrad-Norm update rules), ``_gradient_statistics`` (mergeable per-example
 gradient statistics), ``_sample_schedules`` (schedules of the examples
 processed) and ``_adadagrad`` (the batch-size tests and the aliases). MKOR
 (arXiv 2306.01685) is ``mkor``, its KFAC baseline ``kfac``; FRUGAL (arXiv
-2411.07837) is ``frugal``; ``memory.state_bytes`` counts optimizer state.
+2411.07837) is ``frugal``; EGGROLL (arXiv 2511.16652) is ``eggroll``;
+``memory.state_bytes`` counts optimizer state.
 """
 
 from batchax.optimizers._adadagrad import (
@@ -40,6 +41,12 @@ from batchax.optimizers._sample_schedules import (
   sample_schedule,
   sample_warmup_cosine_schedule,
   scale_by_sample_schedule,
+)
+from batchax.optimizers.eggroll import (
+  EggrollState,
+  Population,
+  eggroll,
+  shape_fitness,
 )
 from batchax.optimizers.frugal import (
   BLOCK_ORDERS,
@@ -95,6 +102,8 @@ __all__ = [
   'ScaleByFrugalState',
   'ScaleByKFACState',
   'ScaleByMKORState',
+  'EggrollState',
+  'Population',
   'adadagrad',
   'adadagrad_norm',
   'adagrad',
@@ -103,6 +112,7 @@ __all__ = [
   'default_eligible',
   'frugal',
   'damped_inverse',
+  'eggroll',
   'get_batch_size',
   'get_mkor_state',
   'get_mkor_switch_step',
@@ -128,5 +138,6 @@ __all__ = [
   'scale_by_kfac',
   'scale_by_mkor',
   'sherman_morrison',
+  'shape_fitness',
   'zero_gradient_statistics',
 ]

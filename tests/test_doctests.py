@@ -13,6 +13,7 @@ MODULES = (
   'batchax.optimizers.capture',
   'batchax.optimizers.kfac',
   'batchax.optimizers.mkor',
+  'batchax.optimizers.eggroll',
   'batchax.layers.layer_norm',
   'batchax.layers.ghost_batch_norm',
   'batchax.layers.stats',
