@@ -4,7 +4,8 @@ Modules are private, one concern each (as in optax); use the names here.
 AdAdaGrad (arXiv 2402.11215) is spread over ``_adagrad`` (the AdaGrad and
 AdaGrad-Norm update rules), ``_gradient_statistics`` (mergeable per-example
 gradient statistics), ``_sample_schedules`` (schedules of the examples
-processed) and ``_adadagrad`` (the batch-size tests and the aliases).
+processed), ``_adadagrad`` (the batch-size tests and the aliases) and
+``_captured_statistics`` (the same statistics from layer captures).
 """
 
 from batchax.optimizers._adadagrad import (
@@ -22,6 +23,10 @@ from batchax.optimizers._adagrad import (
   adagrad_norm,
   scale_by_adagrad,
   scale_by_adagrad_norm,
+)
+from batchax.optimizers._captured_statistics import (
+  CAPTURED_LAYERS,
+  captured_gradient_statistics,
 )
 from batchax.optimizers._gradient_statistics import (
   GradientStatistics,
@@ -42,6 +47,7 @@ from batchax.optimizers._sample_schedules import (
 
 __all__ = [
   'AdaptiveBatchSizeState',
+  'CAPTURED_LAYERS',
   'GradientStatistics',
   'NoiseStatistics',
   'SampleSchedule',
@@ -53,6 +59,7 @@ __all__ = [
   'adagrad',
   'adagrad_norm',
   'adaptive_batch_size',
+  'captured_gradient_statistics',
   'get_batch_size',
   'gradient_statistics',
   'mean_gradient',

@@ -26,6 +26,15 @@ consume captures need no Flax, and the whole computation is one traceable
 function: it works under ``jax.jit`` and with sharded arrays, without
 ``vmap``.
 
+Normalization layers (``layers`` containing ``'LayerNorm'`` or
+``'GhostBatchNorm'``, matched by class name, so stock ``nn.LayerNorm`` and
+layers of those names elsewhere) with ``scale``/``bias`` over the last axis
+are captured with ``inputs = xhat``, the layer's own output at unit scale
+and zero bias (an unbound clone of the layer applied to the same arguments),
+so that ``y = xhat * scale + bias``. A layer with a ``use_running_average``
+attribute (batch norm) is captured only in evaluation form
+(``use_running_average=True``): in training form it couples the examples.
+
 What is captured, and what is not:
 
 * Only the exact classes ``nn.Dense``, ``nn.Conv`` and ``nn.Embed`` (not
@@ -70,6 +79,11 @@ __all__ = [
 ]
 
 _LAYER_TYPES = {'Dense': nn.Dense, 'Conv': nn.Conv, 'Embed': nn.Embed}
+# Normalization layers y = xhat * scale + bias, matched by class name (stock
+# nn.LayerNorm and any layer of that name with `scale`/`bias` parameters
+# over the last axis, e.g. batchax's LayerNorm and GhostBatchNorm).
+_NORM_NAMES = ('LayerNorm', 'GhostBatchNorm')
+_KNOWN = (*_LAYER_TYPES, *_NORM_NAMES)
 # The parameter that identifies a layer's parameters in `params`.
 _WEIGHT_NAME = {'Dense': 'kernel', 'Conv': 'kernel', 'Embed': 'embedding'}
 
@@ -235,6 +249,39 @@ def _rows(module, kind: str, x, path: Path) -> jax.Array:
   return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+def _norm_capturable(module, args, kwargs) -> bool:
+  """Whether a normalization layer call is per-example (evaluation form).
+
+  A layer with a ``use_running_average`` attribute (batch norm) couples the
+  examples of a batch unless it normalises with its running statistics; such
+  calls are passed over (their parameters then have no capture).
+  """
+  if not hasattr(module, 'use_running_average'):
+    return True
+  value = kwargs.get('use_running_average', module.use_running_average)
+  if len(args) > 1:
+    value = args[1]
+  return value is True
+
+
+def _normalized(module, args, kwargs) -> jax.Array:
+  """The layer's own output with unit scale and zero bias: ``xhat``.
+
+  Applies an unbound clone of the layer to the same arguments with its
+  ``scale`` replaced by ones and its ``bias`` by zeros (other collections,
+  e.g. running statistics, unchanged), so ``xhat`` is computed by exactly
+  the layer's code and ``y = xhat * scale + bias``.
+  """
+  variables = dict(module.variables)
+  params = dict(variables.get('params', {}))
+  if 'scale' in params:
+    params['scale'] = jnp.ones_like(params['scale'])
+  if 'bias' in params:
+    params['bias'] = jnp.zeros_like(params['bias'])
+  variables['params'] = params
+  return module.clone(parent=None).apply(variables, *args, **kwargs)
+
+
 def _make_interceptor(
   kinds: frozenset[str],
   selected: Mapping[Path, Any] | None,
@@ -242,26 +289,43 @@ def _make_interceptor(
   records: dict[tuple[Path, int], Any],
 ):
   """An interceptor that records (and perturbs) the selected layer calls."""
-  types = {_LAYER_TYPES[k]: k for k in kinds}
+  types = {_LAYER_TYPES[k]: k for k in kinds if k in _LAYER_TYPES}
+  norms = frozenset(k for k in kinds if k in _NORM_NAMES)
   counts = collections.Counter()
   trace = tracers.current_trace()  # Made inside the traced function.
+  normalizing = []  # Non-empty while a norm layer's xhat is computed.
 
   def interceptor(next_fun, args, kwargs, context):
+    if normalizing:
+      return next_fun(*args, **kwargs)
     kind = types.get(type(context.module))
+    if kind is None and type(context.module).__name__ in norms:
+      kind = 'Norm'
     if kind is None or context.method_name != '__call__':
       return next_fun(*args, **kwargs)
     module = context.module
     path = tuple(module.path)
+    if kind == 'Norm' and not _norm_capturable(module, args, kwargs):
+      return next_fun(*args, **kwargs)
     index = counts[path]
     counts[path] += 1
     if selected is not None and path not in selected:
       return next_fun(*args, **kwargs)
-    x = _layer_input(args, kwargs, path, kind)
     _check_same_trace(trace, path, kind)
-    if kind == 'Conv':
-      _check_conv(module, path)
-    y = next_fun(*args, **kwargs)
-    rows = _rows(module, kind, x, path)
+    if kind == 'Norm':
+      y = next_fun(*args, **kwargs)
+      normalizing.append(path)
+      try:
+        x = _normalized(module, args, kwargs)
+      finally:
+        normalizing.pop()
+      rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    else:
+      x = _layer_input(args, kwargs, path, kind)
+      if kind == 'Conv':
+        _check_conv(module, path)
+      y = next_fun(*args, **kwargs)
+      rows = _rows(module, kind, x, path)
     if perturbations is None:  # Discovery: shapes only.
       records[path, index] = _Call(
         kind,
@@ -287,6 +351,16 @@ def _owns_params(params, path: Path, calls: Sequence[_Call]) -> bool:
   """Whether ``params`` holds this layer's weights (by path and shape)."""
   layer = _lookup(params, path)
   kind = calls[0].kind
+  if kind == 'Norm':
+    d_out = calls[0].out.shape[-1]
+    names = {'scale', 'bias'}
+    return (
+      layer is not None
+      and bool(names & set(layer))
+      and set(layer) <= names
+      and all(tuple(jnp.shape(layer[k])) == (d_out,) for k in layer)
+      and calls[0].rows.shape[-1] == d_out
+    )
   if layer is None or _WEIGHT_NAME[kind] not in layer:
     return False
   shape = tuple(jnp.shape(layer[_WEIGHT_NAME[kind]]))
@@ -355,7 +429,7 @@ def value_and_grad_with_captures(
     *args: further arguments to ``loss_fn`` (the batch); not differentiated.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     layers: the layer types to capture, a subset of ``('Dense', 'Conv',
-      'Embed')``.
+      'Embed', 'LayerNorm', 'GhostBatchNorm')``.
 
   Returns:
     ``(value, grads, captures)``: ``value`` is the loss (or ``(loss, aux)``)
@@ -394,11 +468,11 @@ def value_and_grad_with_captures(
     >>> bool(jnp.allclose(kernel_grad, grads['layers_2']['kernel'], atol=1e-6))
     True
   """
-  unknown = set(layers) - set(_LAYER_TYPES)
+  unknown = set(layers) - set(_KNOWN)
   if unknown:
     raise ValueError(
       f'value_and_grad_with_captures: unknown layer types {sorted(unknown)};'
-      f' choose from {sorted(_LAYER_TYPES)}.'
+      f' choose from {sorted(_KNOWN)}.'
     )
   kinds = frozenset(layers)
 
@@ -467,7 +541,9 @@ def per_example_gradients(captures: Any, params: Any) -> Any:
 
   For a Dense or Conv layer ``kernel[n] = sum_p inputs[n, p]^T out_grads[n,
   p]`` (reshaped to the kernel's shape) and ``bias[n] = sum_p out_grads[n,
-  p]``; for an Embed layer ``embedding[n]`` scatter-adds ``out_grads[n, p]``
+  p]``; for a normalization layer ``scale[n] = sum_p inputs[n, p] *
+  out_grads[n, p]`` and ``bias[n] = sum_p out_grads[n, p]``; for an Embed
+  layer ``embedding[n]`` scatter-adds ``out_grads[n, p]``
   into row ``inputs[n, p]``. Since ``out_grads`` is the gradient of the mean
   loss, these are the gradients of the per-example losses divided by N, and
   their sum over n is the batch gradient. This costs N copies of the
@@ -494,6 +570,14 @@ def per_example_gradients(captures: Any, params: Any) -> Any:
 def _layer_per_example_gradients(capture: LayerCapture, layer_params):
   g = capture.out_grads
   n = g.shape[0]
+  if 'kernel' not in layer_params and 'embedding' not in layer_params:
+    # A normalization layer: inputs are xhat, y = xhat * scale + bias.
+    out = {}
+    if 'scale' in layer_params:
+      out['scale'] = jnp.sum(capture.inputs * g, axis=1)
+    if 'bias' in layer_params:
+      out['bias'] = jnp.sum(g, axis=1)
+    return out
   if 'embedding' in layer_params:
     table = layer_params['embedding']
     grad = jnp.zeros((n,) + table.shape, g.dtype)
