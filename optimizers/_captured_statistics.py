@@ -100,51 +100,74 @@ def _units(x, k: int, m: int):
 
 
 def _dot(x, y):
-  """Per-unit inner product of ``[K, ...]`` arrays."""
-  return jnp.sum((x * y).reshape(x.shape[0], -1), axis=1)
+  """Per-unit inner product of ``[K, ...]`` arrays (``y`` may broadcast)."""
+  xy = x * y
+  return jnp.sum(xy.reshape(xy.shape[0], -1), axis=1)
 
 
-def _sq_dev_and_proj(unit_grads, mean, direction):
-  """Per-unit ``||G_k - m||^2`` and ``<G_k, u>`` of materialised ``G``."""
+def _unit(x):
+  return _unit_directions(x)[0]
+
+
+def _sum_units(spec, x, y):
+  """``einsum(spec, x, y)`` contracting the (maybe sharded) unit axis."""
+  sharding = getattr(jax.typeof(x), 'sharding', None)
+  lead = getattr(sharding, 'spec', None)
+  if lead and lead[0] is not None:
+    out = jax.sharding.NamedSharding(sharding.mesh, P())
+    return jnp.einsum(spec, x, y, precision=_HIGHEST, out_sharding=out)
+  return jnp.einsum(spec, x, y, precision=_HIGHEST)
+
+
+def _from_units(unit_grads, direction, projections):
+  """(mean, per-unit ``||G_k - m||^2``, ``<G_k, u>``) of materialised ``G``."""
+  mean = jnp.mean(unit_grads, axis=0)
   dev = unit_grads - mean[None]
-  return _dot(dev, dev), jnp.sum(
-    (unit_grads * direction[None]).reshape(unit_grads.shape[0], -1), axis=1
-  )
+  u = _unit(mean) if direction is None else direction
+  proj = _dot(unit_grads, u[None]) if projections else None
+  return mean, _dot(dev, dev), proj
 
 
-def _linear(a, d, leaves, means, units, use_gram: bool):
-  """Dense/Conv: per-unit (sq_dev, proj) for kernel and bias leaves.
+def _linear(a, d, names, directions, use_gram, projections):
+  """Dense/Conv: (mean, per-unit sq_dev, proj) of kernel and bias.
 
   ``a``: ``[K, Q, d_in]`` rows, ``d``: ``[K, Q, d_out]`` unit-scaled output
-  gradients; ``leaves`` maps 'kernel'/'bias' to (mean, unit direction).
+  gradients (a unit's gradient is ``sum_q a_q^T d_q``). In the Gram form the
+  squared deviations are ``||G_k||^2 - ||m||^2`` (they sum to ``sum_k ||G_k
+  - m||^2`` since the ``G_k`` average to ``m``) and only the projections
+  need a matmul with the direction, one forward pass of the layer; the
+  materialised form gets the mean gradient as the mean of the ``G_k``,
+  which replaces the backward pass's weight gradient.
   """
   out = {}
-  k = a.shape[0]
-  if 'kernel' in leaves:
-    m, u = means['kernel'], units['kernel']
-    d_in, d_out = a.shape[-1], d.shape[-1]
-    m2 = m.reshape(d_in, d_out)
-    u2 = u.reshape(d_in, d_out)
+  k, _, d_in = a.shape
+  d_out = d.shape[-1]
+  if 'kernel' in names:
+    direction = directions.get('kernel')
+    if direction is not None:
+      direction = direction.reshape(d_in, d_out)
     if use_gram:
-      # ||G_k||^2 through the Gram matrices over the unit's positions.
+      mean = _sum_units('kqi,kqo->io', a, d) / k
       if a.shape[1] == 1:
         norm = jnp.sum(a[:, 0] ** 2, -1) * jnp.sum(d[:, 0] ** 2, -1)
       else:
         ga = jnp.einsum('kpi,kqi->kpq', a, a, precision=_HIGHEST)
         gd = jnp.einsum('kpo,kqo->kpq', d, d, precision=_HIGHEST)
         norm = jnp.sum((ga * gd).reshape(k, -1), axis=1)
-      am = jnp.einsum('kpi,io->kpo', a, m2, precision=_HIGHEST)
-      c = jnp.sum((am * d).reshape(k, -1), axis=1)  # <G_k, m>
-      au = jnp.einsum('kpi,io->kpo', a, u2, precision=_HIGHEST)
-      proj = jnp.sum((au * d).reshape(k, -1), axis=1)
-      sq = norm - 2.0 * c + jnp.sum(m2 * m2)
+      proj = None
+      if projections:
+        u = _unit(mean) if direction is None else direction
+        au = jnp.einsum('kpi,io->kpo', a, u, precision=_HIGHEST)
+        proj = jnp.sum((au * d).reshape(k, -1), axis=1)
+      res = (mean, norm - jnp.sum(mean * mean), proj)
     else:
       g = jnp.einsum('kpi,kpo->kio', a, d, precision=_HIGHEST)
-      sq, proj = _sq_dev_and_proj(g, m2, u2)
-    out['kernel'] = (sq, proj)
-  if 'bias' in leaves:
-    g = jnp.sum(d, axis=1)
-    out['bias'] = _sq_dev_and_proj(g, means['bias'], units['bias'])
+      res = _from_units(g, direction, projections)
+    out['kernel'] = res
+  if 'bias' in names:
+    out['bias'] = _from_units(
+      jnp.sum(d, axis=1), directions.get('bias'), projections
+    )
   return out
 
 
@@ -157,43 +180,54 @@ def _rows_of(table, ids):
   return table[ids]
 
 
-def _embed(ids, d, means, units, num_rows: int, use_gram: bool):
-  """Embed: per-unit (sq_dev, proj) of the embedding table."""
-  m, u = means['embedding'], units['embedding']
+def _embed(ids, d, directions, num_rows, use_gram, projections):
+  """Embed: (mean, per-unit sq_dev, proj) of the embedding table."""
   k = ids.shape[0]
+  direction = directions.get('embedding')
   if use_gram:
+    mean = jnp.zeros((num_rows, d.shape[-1]), d.dtype)
+    mean = mean.at[ids.reshape(-1)].add(d.reshape(-1, d.shape[-1])) / k
     same = (ids[:, :, None] == ids[:, None, :]).astype(d.dtype)
     gd = jnp.einsum('kpo,kqo->kpq', d, d, precision=_HIGHEST)
     norm = jnp.sum((same * gd).reshape(k, -1), axis=1)
-    c = jnp.sum((_rows_of(m, ids) * d).reshape(k, -1), axis=1)
-    proj = jnp.sum((_rows_of(u, ids) * d).reshape(k, -1), axis=1)
-    return {'embedding': (norm - 2.0 * c + jnp.sum(m * m), proj)}
+    proj = None
+    if projections:
+      u = _unit(mean) if direction is None else direction
+      proj = jnp.sum((_rows_of(u, ids) * d).reshape(k, -1), axis=1)
+    return {'embedding': (mean, norm - jnp.sum(mean * mean), proj)}
   g = jnp.zeros((k, num_rows, d.shape[-1]), d.dtype)
   g = g.at[jnp.arange(k)[:, None], ids].add(d)
-  return {'embedding': _sq_dev_and_proj(g, m, u)}
+  return {'embedding': _from_units(g, direction, projections)}
 
 
-def _norm(xhat, d, leaves, means, units):
-  """LayerNorm/GhostBatchNorm: per-unit (sq_dev, proj) of scale and bias."""
+def _norm(xhat, d, names, directions, projections):
+  """LayerNorm/GhostBatchNorm: (mean, per-unit sq_dev, proj) of scale, bias."""
   out = {}
-  if 'scale' in leaves:
-    g = jnp.sum(xhat * d, axis=1)
-    out['scale'] = _sq_dev_and_proj(g, means['scale'], units['scale'])
-  if 'bias' in leaves:
-    g = jnp.sum(d, axis=1)
-    out['bias'] = _sq_dev_and_proj(g, means['bias'], units['bias'])
+  if 'scale' in names:
+    out['scale'] = _from_units(
+      jnp.sum(xhat * d, axis=1), directions.get('scale'), projections
+    )
+  if 'bias' in names:
+    out['bias'] = _from_units(
+      jnp.sum(d, axis=1), directions.get('bias'), projections
+    )
   return out
 
 
 def _linear_uses_gram(q: int, d_in: int, d_out: int) -> bool:
-  """Gram form iff it needs fewer FLOPs than the materialised gradient."""
-  gram = q * q * (d_in + d_out) + 2 * q * d_in * d_out
+  """Gram form iff it needs fewer FLOPs than the materialised gradient.
+
+  Per unit: Gram ``q^2 (d_in + d_out)`` for the norms plus ``q d_in d_out``
+  for the projection; materialised ``q d_in d_out`` to form the gradient
+  plus ``3 d_in d_out`` to read it (deviation, its square, projection).
+  """
+  gram = q * q * (d_in + d_out) + q * d_in * d_out
   materialised = q * d_in * d_out + 3 * d_in * d_out
-  return q == 1 or gram <= materialised
+  return gram <= materialised
 
 
 def _embed_uses_gram(q: int, num_rows: int, dim: int) -> bool:
-  return q * q * dim + 2 * q * dim <= q * dim + 3 * num_rows * dim
+  return q * q * dim + q * dim <= q * dim + 3 * num_rows * dim
 
 
 def _unit_sharded(x, batch):
@@ -237,6 +271,7 @@ def captured_gradient_statistics(
   per_coordinate: bool = False,
   has_aux: bool = False,
   layers: Sequence[str] = CAPTURED_LAYERS,
+  projections: bool = True,
   return_plan: bool = False,
 ):
   r""":func:`gradient_statistics`, exactly, from one backward pass.
@@ -264,6 +299,10 @@ def captured_gradient_statistics(
       computation on the ``vmap`` path.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     layers: the layer types read from captures.
+    projections: compute ``proj_mean`` and ``proj_m2`` (the inner-product
+      and orthogonality tests read them; the norm test does not). False
+      leaves them zero and saves one matmul per layer, the size of a
+      forward pass.
     return_plan: also return, per leaf (``'a/b/kernel'``), how its
       statistics were computed: ``'gram'``, ``'materialised'`` or
       ``'vmap'``.
@@ -319,51 +358,81 @@ def captured_gradient_statistics(
     return out + ({n: 'vmap' for n in names},) if return_plan else out
 
   k = b // group_size
+  if direction is not None:
+    dir_leaves = _unit_directions(direction)
+    if len(dir_leaves) != len(names):
+      raise ValueError('direction must have the structure of params.')
+  # The backward pass skips the weight gradients of captured layers: they
+  # come from the captures below (or, for a layer whose leading axis is not
+  # the batch, from a backward pass that keeps them).
   value, grads, captures = capture_lib.value_and_grad_with_captures(
-    loss_fn, params, batch, has_aux=has_aux, layers=tuple(layers)
+    loss_fn,
+    params,
+    batch,
+    has_aux=has_aux,
+    layers=tuple(layers),
+    captured_param_grads=False,
   )
+  flat_caps = list(_flat_captures(captures))
+  if any(cap.out_grads.shape[0] != b for _, cap in flat_caps):
+    value, grads, captures = capture_lib.value_and_grad_with_captures(
+      loss_fn, params, batch, has_aux=has_aux, layers=tuple(layers)
+    )
+    flat_caps = [
+      (path, cap)
+      for path, cap in _flat_captures(captures)
+      if cap.out_grads.shape[0] == b
+    ]
   loss = value[0] if has_aux else value
-  mean = jax.tree.map(lambda g: g.astype(_F32), grads)
-  mean_leaves = jax.tree.leaves(mean)
-  unit_leaves = _unit_directions(mean if direction is None else direction)
-  if len(unit_leaves) != len(mean_leaves):
-    raise ValueError('direction must have the structure of params.')
+  grad_leaves = jax.tree.leaves(grads)
   index = {name: i for i, name in enumerate(names)}
 
+  means: dict[int, jax.Array] = {}
   per_leaf: dict[int, tuple[jax.Array, jax.Array]] = {}
   plan: dict[str, str] = {}
-  for path, cap in _flat_captures(captures):
-    if cap.out_grads.shape[0] != b:
-      continue  # The layer's leading axis is not the example axis.
+  for path, cap in flat_caps:
     layer = params
     for name in path:
       layer = layer[name]
     ids = {n: index['/'.join(path + (n,))] for n in layer}
-    means = {n: mean_leaves[i] for n, i in ids.items()}
-    units = {n: unit_leaves[i] for n, i in ids.items()}
+    directions = {}
+    if direction is not None:
+      directions = {n: dir_leaves[i] for n, i in ids.items()}
     d = _units(cap.out_grads.astype(_F32), k, group_size) * k
     if 'embedding' in layer:
       q = d.shape[1]
       rows, dim = layer['embedding'].shape
       use_gram = _embed_uses_gram(q, rows, dim)
       ids_in = _units(cap.inputs, k, group_size)
-      res = _embed(ids_in, d, means, units, rows, use_gram)
+      res = _embed(ids_in, d, directions, rows, use_gram, projections)
       kinds = {'embedding': 'gram' if use_gram else 'materialised'}
     elif 'kernel' in layer:
       a = _units(cap.inputs.astype(_F32), k, group_size)
       use_gram = _linear_uses_gram(d.shape[1], a.shape[-1], d.shape[-1])
-      res = _linear(a, d, layer, means, units, use_gram)
+      res = _linear(a, d, layer, directions, use_gram, projections)
       kinds = {
         'kernel': 'gram' if use_gram else 'materialised',
         'bias': 'materialised',
       }
     else:
       a = _units(cap.inputs.astype(_F32), k, group_size)
-      res = _norm(a, d, layer, means, units)
+      res = _norm(a, d, layer, directions, projections)
       kinds = {'scale': 'materialised', 'bias': 'materialised'}
-    for n, r in res.items():
-      per_leaf[ids[n]] = r
+    for n, (mean, sq, proj) in res.items():
+      i = ids[n]
+      means[i] = mean.reshape(np.shape(grad_leaves[i]))
+      per_leaf[i] = (sq, proj)
       plan['/'.join(path + (n,))] = kinds[n]
+  for i, g in enumerate(grad_leaves):
+    if i not in means:
+      means[i] = g.astype(_F32)
+  mean_leaves = [means[i] for i in range(len(names))]
+  if direction is None:
+    unit_leaves = _unit_directions(mean_leaves)
+  else:
+    unit_leaves = dir_leaves
+  mean = jax.tree.unflatten(treedef, mean_leaves)
+  grads = jax.tree.map(lambda m, p: m.astype(jnp.result_type(p)), mean, params)
 
   fallback = [i for i in range(len(names)) if i not in per_leaf]
   if fallback:
@@ -382,14 +451,23 @@ def captured_gradient_statistics(
     unit_grads = jax.vmap(jax.grad(sub_loss), in_axes=(None, 0))(sub, groups)
     for i, g in zip(fallback, unit_grads):
       g = g.astype(_F32)
-      per_leaf[i] = _sq_dev_and_proj(g, mean_leaves[i], unit_leaves[i])
+      dev = g - mean_leaves[i][None]
+      proj = _dot(g, unit_leaves[i][None]) if projections else None
+      per_leaf[i] = (_dot(dev, dev), proj)
       plan[names[i]] = 'vmap'
 
-  sq = jnp.stack([jnp.sum(per_leaf[i][0]) for i in range(len(names))])
-  proj = jnp.stack(
-    [_unit_sharded(per_leaf[i][1], batch) for i in range(len(names))], axis=1
-  )
-  proj_mean = jnp.mean(proj, axis=0)
+  num_leaves = len(names)
+  sq = jnp.stack([jnp.sum(per_leaf[i][0]) for i in range(num_leaves)])
+  if projections:
+    proj = jnp.stack(
+      [_unit_sharded(per_leaf[i][1], batch) for i in range(num_leaves)],
+      axis=1,
+    )
+    proj_mean = jnp.mean(proj, axis=0)
+    proj_m2 = _gram(proj - proj_mean)
+  else:
+    proj_mean = jnp.zeros([num_leaves], _F32)
+    proj_m2 = jnp.zeros([num_leaves, num_leaves], _F32)
   stats = GradientStatistics(
     count=jnp.asarray(k, jnp.int32),
     group_size=jnp.asarray(group_size, jnp.int32),
@@ -397,7 +475,7 @@ def captured_gradient_statistics(
     mean=mean,
     sq_dev=sq,
     proj_mean=proj_mean,
-    proj_m2=_gram(proj - proj_mean),
+    proj_m2=proj_m2,
   )
   plan = {n: plan[n] for n in names}
   out = (stats, grads, value)

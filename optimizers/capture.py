@@ -62,6 +62,7 @@ What is captured, and what is not:
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -211,6 +212,8 @@ def _conv_patches(module: nn.Conv, x: jax.Array, path: Path) -> jax.Array:
     left = kernel_dilation[0] * (kernel_size[0] - 1)
     x = jnp.pad(x, [(0, 0), (left, 0), (0, 0)])
     padding = 'VALID'
+  if all(d == 1 for d in input_dilation):
+    return _sliced_patches(x, n, kernel_size, strides, kernel_dilation, padding)
   spatial = 'HWDXYZ'[:rank]
   lhs_spec = 'N' + spatial + 'C'
   patches = jax.lax.conv_general_dilated_patches(
@@ -231,6 +234,43 @@ def _conv_patches(module: nn.Conv, x: jax.Array, path: Path) -> jax.Array:
   patches = patches.reshape(patches.shape[:-1] + (c_in, -1))
   patches = jnp.swapaxes(patches, -1, -2)
   return patches.reshape(n, -1, math.prod(kernel_size) * c_in)
+
+
+def _sliced_patches(x, n, kernel_size, strides, dilation, padding):
+  """Patches by strided slices of the padded input (no FLOPs).
+
+  ``lax.conv_general_dilated_patches`` is a convolution with one-hot filters,
+  which on CPU costs more than the layer itself; one strided slice per
+  kernel offset copies the same numbers.
+  """
+  rank = len(kernel_size)
+  spatial = x.shape[1:-1]
+  dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+  if isinstance(padding, str):
+    pads = jax.lax.padtype_to_pads(spatial, dilated, strides, padding)
+  else:
+    pads = [tuple(p) for p in padding]
+  lo = [max(0, -a) for a, _ in pads]  # Negative padding crops.
+  hi = [max(0, -b) for _, b in pads]
+  x = jnp.pad(
+    x, [(0, 0)] + [(max(0, a), max(0, b)) for a, b in pads] + [(0, 0)]
+  )
+  x = x[
+    (slice(None),)
+    + tuple(
+      slice(a, x.shape[i + 1] - b) for i, (a, b) in enumerate(zip(lo, hi))
+    )
+  ]
+  out = [(x.shape[i + 1] - dilated[i]) // strides[i] + 1 for i in range(rank)]
+  views = []
+  for offset in itertools.product(*(range(k) for k in kernel_size)):
+    index = tuple(
+      slice(o * d, o * d + (m - 1) * s + 1, s)
+      for o, d, m, s in zip(offset, dilation, out, strides)
+    )
+    views.append(x[(slice(None),) + index])
+  patches = jnp.stack(views, axis=-2)  # [N, *out, prod(k), C_in]
+  return patches.reshape(n, -1, patches.shape[-2] * patches.shape[-1])
 
 
 def _rows(module, kind: str, x, path: Path) -> jax.Array:
@@ -386,6 +426,19 @@ def _check_shared(path: Path, calls: Sequence[_Call]):
       )
 
 
+def _stop_gradient_at(params, paths):
+  """``params`` with ``stop_gradient`` on the subtrees at ``paths``."""
+  if () in paths:
+    return jax.tree.map(jax.lax.stop_gradient, params)
+  out = dict(params)
+  children = collections.defaultdict(list)
+  for path in paths:
+    children[path[0]].append(path[1:])
+  for name, rest in children.items():
+    out[name] = _stop_gradient_at(params[name], rest)
+  return out
+
+
 def _nest(flat: Mapping[Path, Any]):
   """{('a', 'b'): v} -> {'a': {'b': v}}; the root path () maps to itself."""
   if () in flat:
@@ -405,6 +458,7 @@ def value_and_grad_with_captures(
   *args: Any,
   has_aux: bool = False,
   layers: Sequence[str] = ('Dense', 'Conv', 'Embed'),
+  captured_param_grads: bool = True,
 ):
   r"""Like ``jax.value_and_grad(loss_fn)(params, *args)``, plus layer captures.
 
@@ -430,6 +484,11 @@ def value_and_grad_with_captures(
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     layers: the layer types to capture, a subset of ``('Dense', 'Conv',
       'Embed', 'LayerNorm', 'GhostBatchNorm')``.
+    captured_param_grads: if False, the parameters of the captured layers
+      are held constant (``stop_gradient``), so the backward pass skips
+      their weight gradients, and ``grads`` holds zeros for them: for a
+      caller that computes them from the captures anyway (e.g. as the sum of
+      materialised per-example gradients).
 
   Returns:
     ``(value, grads, captures)``: ``value`` is the loss (or ``(loss, aux)``)
@@ -503,6 +562,8 @@ def value_and_grad_with_captures(
   # Pass 2: perturbed forward; grads w.r.t. the zero perturbations are the
   # output gradients.
   def perturbed(params, perturbations):
+    if not captured_param_grads:
+      params = _stop_gradient_at(params, selected)
     records = {}
     interceptor = _make_interceptor(kinds, selected, perturbations, records)
     with nn.intercept_methods(interceptor):
