@@ -91,7 +91,11 @@ def test_fast_path_equals_vmap_path_and_logs_fallbacks(caplog):
   with caplog.at_level(logging.INFO):
     got = _stats_of_step(fast, state, micro)
   assert 'on the vmap path: none' in caplog.text
-  chex.assert_trees_all_close(got, _stats_of_step(slow, state, micro), **TOL)
+  want = _stats_of_step(slow, state, micro)
+  # The norm test reads no projections: the fast path leaves them zero.
+  assert not np.any(got.proj_m2)
+  got = got._replace(proj_mean=want.proj_mean, proj_m2=want.proj_m2)
+  chex.assert_trees_all_close(got, want, **TOL)
 
 
 def _batch_sizes(c, steps):

@@ -64,8 +64,9 @@ class Hook(hooks.Hook):
       fast: use the statistics from layer captures where they apply.
       projections: ``'auto'``, ``'exact'`` (a second pass over the
         micro-batches of a step with several) or ``'one_pass'``.
-      test: the batch-size test the statistics feed (only read by
-        ``projections='auto'``).
+      test: the batch-size test the statistics feed: ``'auto'`` projections
+        follow it, and for the norm and coordinate tests the fast path
+        skips the projection statistics (left zero).
     """
     if group_size < 1:
       raise ValueError(f'group_size must be >= 1, got {group_size}.')
@@ -81,6 +82,8 @@ class Hook(hooks.Hook):
       projections = 'exact' if test in _PROJECTION_TESTS else 'one_pass'
     self.projections = projections
     self.passes = 2 if projections == 'exact' else 1
+    # The norm and coordinate tests never read the projections.
+    self.need_projections = test not in ('norm', 'coordinate')
     self._logged = False
 
   def init(self, params):
@@ -102,6 +105,7 @@ class Hook(hooks.Hook):
         group_size=self.group_size,
         direction=direction,
         has_aux=True,
+        projections=self.need_projections,
         return_plan=True,
       )
       self._log(plan)
