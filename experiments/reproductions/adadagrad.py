@@ -269,7 +269,7 @@ def notes(results) -> str:
         'samples at the first evaluation (mean over seeds of the '
         'best-so-far accuracy) that reaches it:',
         '',
-        '| arm | final accuracy (%) | steps | samples | steps to target |'
+        '| arm | best accuracy (%) | steps | samples | steps to target |'
         ' samples to target |',
         '|---|---|---|---|---|---|',
       ]
@@ -352,6 +352,46 @@ def plot(results, prefix):
     plt.close(fig)
     paths.append(path)
   return paths
+
+
+def projection_gap(problem: str, steps: int = 40, batch_size: int = 256):
+  """Requested batch of the augmented test, exact vs one-pass projections.
+
+  Trains the quick grid's augmented arm of ``problem`` at a constant batch of
+  ``batch_size`` (micro-batches of 16, so the one-pass statistics project
+  each micro-batch onto its own mean) and, every 8 steps, returns the
+  augmented test's request (theta = nu = 0.5) from the exact two-pass
+  statistics and from the one-pass approximation, at the same parameters
+  (the test does not change the trajectory at a constant batch).
+  """
+  import jax
+
+  import batchax.optimizers as bo
+  from batchax.experiments import data, sharding, train
+  from batchax.experiments.reproductions.table import apply_overrides
+
+  arm = next(a for a in _arms(problem, 'quick') if 'augmented' in a.name)
+  out = {}
+  for projections in ('exact', 'one_pass'):
+    c = apply_overrides(base_config(), dict(arm.overrides))
+    c.hooks[-1].kwargs.projections = projections
+    c = c.copy_and_resolve_references()
+    dataset = data.load(c.dataset)
+    trainer = train.Trainer(c, dataset, sharding.make_mesh(c.mesh))
+    state = trainer.create_state(jax.random.key(0))
+    it = data.MicroBatchIterator(dataset.train, SMALL, seed=0)
+    finalize = jax.jit(trainer.hooks.finalize)
+    requests = []
+    for step in range(steps):
+      acc, n = trainer.accumulate(state, it.next_batch(batch_size))
+      if step % 8 == 0:
+        stats = finalize(acc['hooks'], n)['grad_stats']
+        requests.append(
+          float(bo.requested_batch_size(stats, 'augmented', theta=0.5, nu=0.5))
+        )
+      state, _ = trainer.apply_step(state, acc, n, np.int32(batch_size))
+    out[projections] = np.array(requests)
+  return out
 
 
 TABLE = Table(
