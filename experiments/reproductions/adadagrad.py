@@ -43,10 +43,18 @@ from __future__ import annotations
 import math
 import os
 
+import jax
 import numpy as np
 
+import batchax.optimizers as bo
+from batchax.experiments import data, sharding, train
 from batchax.experiments.configs import default
-from batchax.experiments.reproductions.table import Arm, Table, last
+from batchax.experiments.reproductions.table import (
+  Arm,
+  Table,
+  apply_overrides,
+  last,
+)
 
 ADAGRAD_NORM_LR = 3.0
 ADAGRAD_LR = 0.03
@@ -364,12 +372,6 @@ def projection_gap(problem: str, steps: int = 40, batch_size: int = 256):
   statistics and from the one-pass approximation, at the same parameters
   (the test does not change the trajectory at a constant batch).
   """
-  import jax
-
-  import batchax.optimizers as bo
-  from batchax.experiments import data, sharding, train
-  from batchax.experiments.reproductions.table import apply_overrides
-
   arm = next(a for a in _arms(problem, 'quick') if 'augmented' in a.name)
   out = {}
   for projections in ('exact', 'one_pass'):
