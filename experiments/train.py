@@ -139,6 +139,11 @@ class Trainer:
     self.grad_step = jax.jit(
       self._grad_step, donate_argnums=(1,), out_shardings=acc_shardings
     )
+    # Hooks that see the micro-batches twice (hooks.Hook.passes).
+    self.between_passes = jax.jit(self._between_passes)
+    self.second_step = jax.jit(
+      self._second_step, donate_argnums=(1,), out_shardings=acc_shardings
+    )
     self.apply_step = jax.jit(
       self._apply_step,
       donate_argnums=(0,),
@@ -223,29 +228,34 @@ class Trainer:
       'hooks': self.hooks.init(params),
     }
 
-  def _grad_step(self, state, acc, batch, micro_index):
-    """Adds one micro-batch to the accumulator ``acc``."""
-    params = state['params']
+  def _context(self, state, model_state, batch, micro_index, first_pass):
     key = jax.random.fold_in(
       jax.random.wrap_key_data(state['rng']), state['step']
     )
     micro_key = jax.random.fold_in(key, micro_index)
 
     def loss_fn(p, b):
-      return self.task.loss(p, acc['model_state'], b, micro_key)
+      return self.task.loss(p, model_state, b, micro_key)
 
-    ctx = hooks_lib.Context(
-      params=params,
+    return hooks_lib.Context(
+      params=state['params'],
       batch=batch,
       loss_fn=loss_fn,
       apply_fn=self.model.apply,
-      model_state=acc['model_state'],
+      model_state=model_state,
       opt_state=state['opt_state'],
       step=state['step'],
       key=key,
       micro_key=micro_key,
       task=self.task,
+      first_pass=first_pass,
     )
+
+  def _grad_step(self, state, acc, batch, micro_index):
+    """Adds one micro-batch to the accumulator ``acc``."""
+    params = state['params']
+    ctx = self._context(state, acc['model_state'], batch, micro_index, None)
+    loss_fn = ctx.loss_fn
     hook_acc, given = self.hooks.accumulate(acc['hooks'], ctx)
     if given is not None and given.aux is not None:
       grads, loss, aux = given.grads, given.loss, given.aux
@@ -267,6 +277,17 @@ class Trainer:
       'model_state': model_state,
       'hooks': hook_acc,
     }
+
+  def _between_passes(self, acc, num_micro):
+    return self.hooks.between_passes(acc['hooks'], num_micro)
+
+  def _second_step(self, state, acc, batch, micro_index, first_pass):
+    """The second pass of two-pass hooks over one micro-batch."""
+    ctx = self._context(
+      state, state['model_state'], batch, micro_index, first_pass
+    )
+    hook_acc, _ = self.hooks.accumulate(acc['hooks'], ctx)
+    return {**acc, 'hooks': hook_acc}
 
   def _apply_step(self, state, acc, num_micro, batch_size):
     """Averages the accumulated gradient and applies one optimizer update."""
@@ -318,14 +339,24 @@ class Trainer:
   # Loops -------------------------------------------------------------------
 
   def train_step(self, state, micro_batches: list, batch_size: int):
+    acc, num_micro = self.accumulate(state, micro_batches)
+    return self.apply_step(
+      state, acc, num_micro, jnp.array(batch_size, jnp.int32)
+    )
+
+  def accumulate(self, state, micro_batches: list):
+    """The accumulator of one step's micro-batches, and their number."""
     acc = self.zero_accumulator(state)
     for i, batch in enumerate(micro_batches):
       batch = sharding.global_batch(tuple(batch), self.mesh)
       acc = self.grad_step(state, acc, batch, jnp.int32(i))
     num_micro = jnp.array(len(micro_batches), jnp.float32)
-    return self.apply_step(
-      state, acc, num_micro, jnp.array(batch_size, jnp.int32)
-    )
+    if self.hooks.passes > 1 and len(micro_batches) > 1:
+      first_pass = self.between_passes(acc, num_micro)
+      for i, batch in enumerate(micro_batches):
+        batch = sharding.global_batch(tuple(batch), self.mesh)
+        acc = self.second_step(state, acc, batch, jnp.int32(i), first_pass)
+    return acc, num_micro
 
   def evaluate(self, state, source) -> dict[str, float]:
     """The task's test metrics over ``source``.

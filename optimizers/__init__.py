@@ -4,7 +4,8 @@ Modules are private, one concern each (as in optax); use the names here.
 AdAdaGrad (arXiv 2402.11215) is spread over ``_adagrad`` (the AdaGrad and
 AdaGrad-Norm update rules), ``_gradient_statistics`` (mergeable per-example
 gradient statistics), ``_sample_schedules`` (schedules of the examples
-processed) and ``_adadagrad`` (the batch-size tests and the aliases). MKOR
+processed), ``_adadagrad`` (the batch-size tests and the aliases) and
+``_captured_statistics`` (the same statistics from layer captures). MKOR
 (arXiv 2306.01685) is ``mkor``, its KFAC baseline ``kfac``; FRUGAL (arXiv
 2411.07837) is ``frugal``; EGGROLL (arXiv 2511.16652) is ``eggroll``;
 ``memory.state_bytes`` counts optimizer state.
@@ -25,6 +26,10 @@ from batchax.optimizers._adagrad import (
   adagrad_norm,
   scale_by_adagrad,
   scale_by_adagrad_norm,
+)
+from batchax.optimizers._captured_statistics import (
+  CAPTURED_LAYERS,
+  captured_gradient_statistics,
 )
 from batchax.optimizers._gradient_statistics import (
   GradientStatistics,
@@ -87,6 +92,7 @@ __all__ = [
   'AdaptiveBatchSizeState',
   'BLOCK_ORDERS',
   'DEFAULT_EXCLUDE',
+  'CAPTURED_LAYERS',
   'GradientStatistics',
   'KFACLayerState',
   'KFACStatistics',
@@ -113,6 +119,7 @@ __all__ = [
   'frugal',
   'damped_inverse',
   'eggroll',
+  'captured_gradient_statistics',
   'get_batch_size',
   'get_mkor_state',
   'get_mkor_switch_step',

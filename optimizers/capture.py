@@ -26,6 +26,15 @@ consume captures need no Flax, and the whole computation is one traceable
 function: it works under ``jax.jit`` and with sharded arrays, without
 ``vmap``.
 
+Normalization layers (``layers`` containing ``'LayerNorm'`` or
+``'GhostBatchNorm'``, matched by class name, so stock ``nn.LayerNorm`` and
+layers of those names elsewhere) with ``scale``/``bias`` over the last axis
+are captured with ``inputs = xhat``, the layer's own output at unit scale
+and zero bias (an unbound clone of the layer applied to the same arguments),
+so that ``y = xhat * scale + bias``. A layer with a ``use_running_average``
+attribute (batch norm) is captured only in evaluation form
+(``use_running_average=True``): in training form it couples the examples.
+
 What is captured, and what is not:
 
 * Only the exact classes ``nn.Dense``, ``nn.Conv`` and ``nn.Embed`` (not
@@ -53,6 +62,7 @@ What is captured, and what is not:
 from __future__ import annotations
 
 import collections
+import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -70,6 +80,11 @@ __all__ = [
 ]
 
 _LAYER_TYPES = {'Dense': nn.Dense, 'Conv': nn.Conv, 'Embed': nn.Embed}
+# Normalization layers y = xhat * scale + bias, matched by class name (stock
+# nn.LayerNorm and any layer of that name with `scale`/`bias` parameters
+# over the last axis, e.g. batchax's LayerNorm and GhostBatchNorm).
+_NORM_NAMES = ('LayerNorm', 'GhostBatchNorm')
+_KNOWN = (*_LAYER_TYPES, *_NORM_NAMES)
 # The parameter that identifies a layer's parameters in `params`.
 _WEIGHT_NAME = {'Dense': 'kernel', 'Conv': 'kernel', 'Embed': 'embedding'}
 
@@ -197,6 +212,8 @@ def _conv_patches(module: nn.Conv, x: jax.Array, path: Path) -> jax.Array:
     left = kernel_dilation[0] * (kernel_size[0] - 1)
     x = jnp.pad(x, [(0, 0), (left, 0), (0, 0)])
     padding = 'VALID'
+  if all(d == 1 for d in input_dilation):
+    return _sliced_patches(x, n, kernel_size, strides, kernel_dilation, padding)
   spatial = 'HWDXYZ'[:rank]
   lhs_spec = 'N' + spatial + 'C'
   patches = jax.lax.conv_general_dilated_patches(
@@ -219,6 +236,43 @@ def _conv_patches(module: nn.Conv, x: jax.Array, path: Path) -> jax.Array:
   return patches.reshape(n, -1, math.prod(kernel_size) * c_in)
 
 
+def _sliced_patches(x, n, kernel_size, strides, dilation, padding):
+  """Patches by strided slices of the padded input (no FLOPs).
+
+  ``lax.conv_general_dilated_patches`` is a convolution with one-hot filters,
+  which on CPU costs more than the layer itself; one strided slice per
+  kernel offset copies the same numbers.
+  """
+  rank = len(kernel_size)
+  spatial = x.shape[1:-1]
+  dilated = [(k - 1) * d + 1 for k, d in zip(kernel_size, dilation)]
+  if isinstance(padding, str):
+    pads = jax.lax.padtype_to_pads(spatial, dilated, strides, padding)
+  else:
+    pads = [tuple(p) for p in padding]
+  lo = [max(0, -a) for a, _ in pads]  # Negative padding crops.
+  hi = [max(0, -b) for _, b in pads]
+  x = jnp.pad(
+    x, [(0, 0)] + [(max(0, a), max(0, b)) for a, b in pads] + [(0, 0)]
+  )
+  x = x[
+    (slice(None),)
+    + tuple(
+      slice(a, x.shape[i + 1] - b) for i, (a, b) in enumerate(zip(lo, hi))
+    )
+  ]
+  out = [(x.shape[i + 1] - dilated[i]) // strides[i] + 1 for i in range(rank)]
+  views = []
+  for offset in itertools.product(*(range(k) for k in kernel_size)):
+    index = tuple(
+      slice(o * d, o * d + (m - 1) * s + 1, s)
+      for o, d, m, s in zip(offset, dilation, out, strides)
+    )
+    views.append(x[(slice(None),) + index])
+  patches = jnp.stack(views, axis=-2)  # [N, *out, prod(k), C_in]
+  return patches.reshape(n, -1, patches.shape[-2] * patches.shape[-1])
+
+
 def _rows(module, kind: str, x, path: Path) -> jax.Array:
   """The layer input as ``[N, P, d_in]`` rows (ids ``[N, P]`` for Embed)."""
   x = jnp.asarray(x)
@@ -235,6 +289,39 @@ def _rows(module, kind: str, x, path: Path) -> jax.Array:
   return x.reshape(x.shape[0], -1, x.shape[-1])
 
 
+def _norm_capturable(module, args, kwargs) -> bool:
+  """Whether a normalization layer call is per-example (evaluation form).
+
+  A layer with a ``use_running_average`` attribute (batch norm) couples the
+  examples of a batch unless it normalises with its running statistics; such
+  calls are passed over (their parameters then have no capture).
+  """
+  if not hasattr(module, 'use_running_average'):
+    return True
+  value = kwargs.get('use_running_average', module.use_running_average)
+  if len(args) > 1:
+    value = args[1]
+  return value is True
+
+
+def _normalized(module, args, kwargs) -> jax.Array:
+  """The layer's own output with unit scale and zero bias: ``xhat``.
+
+  Applies an unbound clone of the layer to the same arguments with its
+  ``scale`` replaced by ones and its ``bias`` by zeros (other collections,
+  e.g. running statistics, unchanged), so ``xhat`` is computed by exactly
+  the layer's code and ``y = xhat * scale + bias``.
+  """
+  variables = dict(module.variables)
+  params = dict(variables.get('params', {}))
+  if 'scale' in params:
+    params['scale'] = jnp.ones_like(params['scale'])
+  if 'bias' in params:
+    params['bias'] = jnp.zeros_like(params['bias'])
+  variables['params'] = params
+  return module.clone(parent=None).apply(variables, *args, **kwargs)
+
+
 def _make_interceptor(
   kinds: frozenset[str],
   selected: Mapping[Path, Any] | None,
@@ -242,26 +329,43 @@ def _make_interceptor(
   records: dict[tuple[Path, int], Any],
 ):
   """An interceptor that records (and perturbs) the selected layer calls."""
-  types = {_LAYER_TYPES[k]: k for k in kinds}
+  types = {_LAYER_TYPES[k]: k for k in kinds if k in _LAYER_TYPES}
+  norms = frozenset(k for k in kinds if k in _NORM_NAMES)
   counts = collections.Counter()
   trace = tracers.current_trace()  # Made inside the traced function.
+  normalizing = []  # Non-empty while a norm layer's xhat is computed.
 
   def interceptor(next_fun, args, kwargs, context):
+    if normalizing:
+      return next_fun(*args, **kwargs)
     kind = types.get(type(context.module))
+    if kind is None and type(context.module).__name__ in norms:
+      kind = 'Norm'
     if kind is None or context.method_name != '__call__':
       return next_fun(*args, **kwargs)
     module = context.module
     path = tuple(module.path)
+    if kind == 'Norm' and not _norm_capturable(module, args, kwargs):
+      return next_fun(*args, **kwargs)
     index = counts[path]
     counts[path] += 1
     if selected is not None and path not in selected:
       return next_fun(*args, **kwargs)
-    x = _layer_input(args, kwargs, path, kind)
     _check_same_trace(trace, path, kind)
-    if kind == 'Conv':
-      _check_conv(module, path)
-    y = next_fun(*args, **kwargs)
-    rows = _rows(module, kind, x, path)
+    if kind == 'Norm':
+      y = next_fun(*args, **kwargs)
+      normalizing.append(path)
+      try:
+        x = _normalized(module, args, kwargs)
+      finally:
+        normalizing.pop()
+      rows = x.reshape(x.shape[0], -1, x.shape[-1])
+    else:
+      x = _layer_input(args, kwargs, path, kind)
+      if kind == 'Conv':
+        _check_conv(module, path)
+      y = next_fun(*args, **kwargs)
+      rows = _rows(module, kind, x, path)
     if perturbations is None:  # Discovery: shapes only.
       records[path, index] = _Call(
         kind,
@@ -287,6 +391,16 @@ def _owns_params(params, path: Path, calls: Sequence[_Call]) -> bool:
   """Whether ``params`` holds this layer's weights (by path and shape)."""
   layer = _lookup(params, path)
   kind = calls[0].kind
+  if kind == 'Norm':
+    d_out = calls[0].out.shape[-1]
+    names = {'scale', 'bias'}
+    return (
+      layer is not None
+      and bool(names & set(layer))
+      and set(layer) <= names
+      and all(tuple(jnp.shape(layer[k])) == (d_out,) for k in layer)
+      and calls[0].rows.shape[-1] == d_out
+    )
   if layer is None or _WEIGHT_NAME[kind] not in layer:
     return False
   shape = tuple(jnp.shape(layer[_WEIGHT_NAME[kind]]))
@@ -312,6 +426,19 @@ def _check_shared(path: Path, calls: Sequence[_Call]):
       )
 
 
+def _stop_gradient_at(params, paths):
+  """``params`` with ``stop_gradient`` on the subtrees at ``paths``."""
+  if () in paths:
+    return jax.tree.map(jax.lax.stop_gradient, params)
+  out = dict(params)
+  children = collections.defaultdict(list)
+  for path in paths:
+    children[path[0]].append(path[1:])
+  for name, rest in children.items():
+    out[name] = _stop_gradient_at(params[name], rest)
+  return out
+
+
 def _nest(flat: Mapping[Path, Any]):
   """{('a', 'b'): v} -> {'a': {'b': v}}; the root path () maps to itself."""
   if () in flat:
@@ -331,6 +458,7 @@ def value_and_grad_with_captures(
   *args: Any,
   has_aux: bool = False,
   layers: Sequence[str] = ('Dense', 'Conv', 'Embed'),
+  captured_param_grads: bool = True,
 ):
   r"""Like ``jax.value_and_grad(loss_fn)(params, *args)``, plus layer captures.
 
@@ -355,7 +483,12 @@ def value_and_grad_with_captures(
     *args: further arguments to ``loss_fn`` (the batch); not differentiated.
     has_aux: whether ``loss_fn`` returns ``(loss, aux)``.
     layers: the layer types to capture, a subset of ``('Dense', 'Conv',
-      'Embed')``.
+      'Embed', 'LayerNorm', 'GhostBatchNorm')``.
+    captured_param_grads: if False, the parameters of the captured layers
+      are held constant (``stop_gradient``), so the backward pass skips
+      their weight gradients, and ``grads`` holds zeros for them: for a
+      caller that computes them from the captures anyway (e.g. as the sum of
+      materialised per-example gradients).
 
   Returns:
     ``(value, grads, captures)``: ``value`` is the loss (or ``(loss, aux)``)
@@ -394,11 +527,11 @@ def value_and_grad_with_captures(
     >>> bool(jnp.allclose(kernel_grad, grads['layers_2']['kernel'], atol=1e-6))
     True
   """
-  unknown = set(layers) - set(_LAYER_TYPES)
+  unknown = set(layers) - set(_KNOWN)
   if unknown:
     raise ValueError(
       f'value_and_grad_with_captures: unknown layer types {sorted(unknown)};'
-      f' choose from {sorted(_LAYER_TYPES)}.'
+      f' choose from {sorted(_KNOWN)}.'
     )
   kinds = frozenset(layers)
 
@@ -429,6 +562,8 @@ def value_and_grad_with_captures(
   # Pass 2: perturbed forward; grads w.r.t. the zero perturbations are the
   # output gradients.
   def perturbed(params, perturbations):
+    if not captured_param_grads:
+      params = _stop_gradient_at(params, selected)
     records = {}
     interceptor = _make_interceptor(kinds, selected, perturbations, records)
     with nn.intercept_methods(interceptor):
@@ -467,7 +602,9 @@ def per_example_gradients(captures: Any, params: Any) -> Any:
 
   For a Dense or Conv layer ``kernel[n] = sum_p inputs[n, p]^T out_grads[n,
   p]`` (reshaped to the kernel's shape) and ``bias[n] = sum_p out_grads[n,
-  p]``; for an Embed layer ``embedding[n]`` scatter-adds ``out_grads[n, p]``
+  p]``; for a normalization layer ``scale[n] = sum_p inputs[n, p] *
+  out_grads[n, p]`` and ``bias[n] = sum_p out_grads[n, p]``; for an Embed
+  layer ``embedding[n]`` scatter-adds ``out_grads[n, p]``
   into row ``inputs[n, p]``. Since ``out_grads`` is the gradient of the mean
   loss, these are the gradients of the per-example losses divided by N, and
   their sum over n is the batch gradient. This costs N copies of the
@@ -494,6 +631,14 @@ def per_example_gradients(captures: Any, params: Any) -> Any:
 def _layer_per_example_gradients(capture: LayerCapture, layer_params):
   g = capture.out_grads
   n = g.shape[0]
+  if 'kernel' not in layer_params and 'embedding' not in layer_params:
+    # A normalization layer: inputs are xhat, y = xhat * scale + bias.
+    out = {}
+    if 'scale' in layer_params:
+      out['scale'] = jnp.sum(capture.inputs * g, axis=1)
+    if 'bias' in layer_params:
+      out['bias'] = jnp.sum(g, axis=1)
+    return out
   if 'embedding' in layer_params:
     table = layer_params['embedding']
     grad = jnp.zeros((n,) + table.shape, g.dtype)

@@ -414,5 +414,5 @@ def test_unknown_layer_type_raises():
   loss_fn, params = _single_layer_loss(nn.Dense(3), jnp.ones((N, 2)))
   with pytest.raises(ValueError, match='unknown layer types'):
     capture.value_and_grad_with_captures(
-      loss_fn, params, jnp.ones((N, 2)), layers=('Dense', 'LayerNorm')
+      loss_fn, params, jnp.ones((N, 2)), layers=('Dense', 'BatchNorm')
     )

@@ -5,6 +5,10 @@ Side by side in one process, for a small MNIST-1D-sized model (inputs of shape
 
 * **baseline**: ``value_and_grad`` of the mean loss, then an AdaGrad-Norm
   update (``adagrad_norm``);
+* **test, captures (exact)**: ``captured_gradient_statistics`` (exact
+  per-example statistics from the layer inputs and output gradients of one
+  ordinary backward pass, which also gives the gradient), then the same
+  update as the arms below;
 * **test, group size m**: ``gradient_statistics(..., group_size=m)`` (per-group
   gradients through ``vmap(value_and_grad)``, their mean, per-coordinate
   squared deviations and leaf projections), then ``adadagrad_norm`` with the
@@ -71,11 +75,11 @@ def _arms(model: nn.Module, batch_size: int, group_sizes):
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(batch_size, 40)), jnp.float32)
   y = jnp.asarray(rng.integers(0, 10, size=batch_size), jnp.int32)
-  params = model.init(jax.random.key(0), x[:1])
+  params = model.init(jax.random.key(0), x[:1])['params']
 
   def loss_fn(params, batch):
     xb, yb = batch
-    logits = model.apply(params, xb)
+    logits = model.apply({'params': params}, xb)
     return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
 
   arms = {}
@@ -89,8 +93,8 @@ def _arms(model: nn.Module, batch_size: int, group_sizes):
 
   arms['baseline'] = (baseline, (params, base.init(params)))
 
-  for g in group_sizes:
-    opt = bo.adadagrad_norm(
+  def test_opt():
+    return bo.adadagrad_norm(
       0.1,
       test='augmented',
       initial_batch_size=batch_size,
@@ -98,13 +102,51 @@ def _arms(model: nn.Module, batch_size: int, group_sizes):
       micro_batch_size=batch_size,
     )
 
+  fast_opt = test_opt()
+
+  @jax.jit
+  def fast(params, state, batch):
+    stats, grads, _ = bo.captured_gradient_statistics(loss_fn, params, batch)
+    updates, state = fast_opt.update(grads, state, params, grad_stats=stats)
+    return optax.apply_updates(params, updates), state
+
+  arms['test, captures (exact)'] = (fast, (params, fast_opt.init(params)))
+  norm_opt = bo.adadagrad_norm(
+    0.1,
+    test='norm',
+    initial_batch_size=batch_size,
+    max_batch_size=64 * batch_size,
+    micro_batch_size=batch_size,
+  )
+
+  @jax.jit
+  def fast_norm(params, state, batch):
+    stats, grads, _ = bo.captured_gradient_statistics(
+      loss_fn, params, batch, projections=False
+    )
+    updates, state = norm_opt.update(grads, state, params, grad_stats=stats)
+    return optax.apply_updates(params, updates), state
+
+  arms['norm test only, captures (exact)'] = (
+    fast_norm,
+    (params, norm_opt.init(params)),
+  )
+  *_, plan = bo.captured_gradient_statistics(
+    loss_fn, params, (x, y), return_plan=True
+  )
+  print('captures plan:', plan)
+
+  for g in group_sizes:
+    opt = test_opt()
+
     def step(params, state, batch, g=g, opt=opt):
       stats = bo.gradient_statistics(loss_fn, params, batch, group_size=g)
       grads = bo.mean_gradient(stats, like=params)
       updates, state = opt.update(grads, state, params, grad_stats=stats)
       return optax.apply_updates(params, updates), state
 
-    arms[f'test, group {g}'] = (jax.jit(step), (params, opt.init(params)))
+    name = f'test, vmap, group {g}' + (' (exact)' if g == 1 else '')
+    arms[name] = (jax.jit(step), (params, opt.init(params)))
   return arms, (x, y)
 
 

@@ -141,6 +141,7 @@ def adaptive_batch(
       'gradient_statistics',
       group_size=group_size,
       per_coordinate=test == 'coordinate',
+      test=test,
     ),
   )
   return c

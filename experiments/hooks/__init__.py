@@ -14,6 +14,15 @@ error at construction.
 A hook may also hand back the micro-batch's gradient (:class:`Gradient`),
 for example when its own backward pass already computed it; the trainer then
 runs no backward pass of its own.
+
+A hook with ``passes = 2`` asks the trainer to run the micro-batches of a
+step a second time when the step has more than one (with one, the first pass
+saw the whole batch): after the first pass, ``between_passes(acc,
+num_micro)`` turns its accumulator into a pytree (say the whole-batch mean
+gradient) that the second pass sees as ``ctx.first_pass``. In the second
+pass only two-pass hooks accumulate, each micro-batch with the same keys as
+in the first pass and the step's model state, and the trainer adds nothing
+else (no gradient, loss or metrics).
 """
 
 from __future__ import annotations
@@ -46,6 +55,8 @@ class Context:
       (so that, e.g., every micro-batch draws the same perturbations).
     micro_key: a PRNG key of this micro-batch (e.g. dropout).
     task: the run's task (``batchax.experiments.tasks.Task``).
+    first_pass: ``None`` in the first pass; in the second pass of a two-pass
+      hook, what its ``between_passes`` returned.
   """
 
   params: PyTree
@@ -58,6 +69,7 @@ class Context:
   key: jax.Array
   micro_key: jax.Array
   task: Any
+  first_pass: PyTree = None
 
 
 class Gradient(NamedTuple):
@@ -72,6 +84,7 @@ class Hook:
   """The base class: accumulates nothing and provides nothing."""
 
   provides: tuple[str, ...] = ()
+  passes: int = 1  # 2: see the module docstring.
 
   def init(self, params) -> PyTree:
     """The zero accumulator (shapes fixed; ``params`` may be abstract)."""
@@ -80,6 +93,10 @@ class Hook:
   def accumulate(self, acc, ctx: Context) -> tuple[PyTree, Gradient | None]:
     """Adds one micro-batch; optionally returns its gradient."""
     return acc, None
+
+  def between_passes(self, acc, num_micro: jax.Array) -> PyTree:
+    """What the second pass sees as ``ctx.first_pass`` (two-pass hooks)."""
+    return None
 
   def finalize(self, acc, num_micro: jax.Array) -> dict[str, Any]:
     """The keyword extra args for ``tx.update`` (names in ``provides``)."""
@@ -101,17 +118,32 @@ class Hooks(Hook):
         seen[name] = type(hook).__module__
     self.hooks = tuple(hooks)
     self.provides = tuple(seen)
+    self.passes = max((h.passes for h in self.hooks), default=1)
 
   def init(self, params):
     return tuple(h.init(params) for h in self.hooks)
 
   def accumulate(self, acc, ctx):
     new, gradient = [], None
-    for hook, a in zip(self.hooks, acc):
+    second = ctx.first_pass is not None
+    for i, (hook, a) in enumerate(zip(self.hooks, acc)):
+      if second:  # Only two-pass hooks, each with its own first pass.
+        if hook.passes > 1:
+          a, _ = hook.accumulate(
+            a, dataclasses.replace(ctx, first_pass=ctx.first_pass[i])
+          )
+        new.append(a)
+        continue
       a, g = hook.accumulate(a, ctx)
       new.append(a)
       gradient = gradient or g  # The first hook's gradient is used.
     return tuple(new), gradient
+
+  def between_passes(self, acc, num_micro):
+    return tuple(
+      h.between_passes(a, num_micro) if h.passes > 1 else ()
+      for h, a in zip(self.hooks, acc)
+    )
 
   def finalize(self, acc, num_micro):
     out = {}
