@@ -198,7 +198,16 @@ def _spread(values) -> str:
 
 def notes(results) -> str:
   d = _dataset()
-  lines = [
+  seeds = len(next(iter(results.values())))
+  lines = []
+  if seeds < 3:
+    lines += [
+      f"**{seeds} seed(s) per arm, not the table's 3**: the page was "
+      'generated with fewer seeds to fit the time available on a busy '
+      '2-core CPU; read the spreads accordingly.',
+      '',
+    ]
+  lines += [
     '## Floor',
     '',
     f'Entropy rate of the chain: {d.entropy_rate:.3f} nats per token, '
@@ -287,6 +296,19 @@ def claim(results) -> list[str]:
     out.append(
       f'* {frugal} − {base}: {diff:+.3f} ± {se:.3f} ({z:.1f} standard '
       f'errors; FRUGAL {"lower" if diff < 0 else "higher"})'
+    )
+  for a, b, what in (
+    (
+      'FRUGAL block ρ=0.25, head state-free',
+      'FRUGAL block ρ=0.25',
+      'ablation, the head in the block rotation',
+    ),
+    ('FRUGAL ρ=0', 'BAdam-like ρ=0.25', 'ρ = 0 against BAdam-like'),
+    ('FRUGAL ρ=0', 'GaLore-like ρ=0.25', 'ρ = 0 against GaLore-like'),
+  ):
+    (ma, sa), (mb, sb) = _mean_se(loss[a]), _mean_se(loss[b])
+    out.append(
+      f'* {a} − {b} ({what}): {ma - mb:+.3f} ± {float(np.hypot(sa, sb)):.3f}'
     )
   best_base = min(
     _mean_se(loss[b])[0] for b in ('GaLore-like ρ=0.25', 'BAdam-like ρ=0.25')
