@@ -284,7 +284,8 @@ def claim(results) -> list[str]:
   out += [
     '',
     'At equal optimizer state (same subspace, the residual used or '
-    'dropped), difference of means ± its standard error:',
+    'dropped), difference of means ± its standard error (with 2-3 seeds '
+    'the standard error itself is rough):',
     '',
   ]
   verdicts = []
@@ -310,19 +311,28 @@ def claim(results) -> list[str]:
     out.append(
       f'* {a} − {b} ({what}): {ma - mb:+.3f} ± {float(np.hypot(sa, sb)):.3f}'
     )
-  best_base = min(
-    _mean_se(loss[b])[0] for b in ('GaLore-like ρ=0.25', 'BAdam-like ρ=0.25')
-  )
-  block = _mean_se(loss['FRUGAL block ρ=0.25'])[0]
-  closer = block < best_base and all(verdicts)
+  gap = {
+    n: abs(_mean_se(loss[n])[0] - adam)
+    for n in ('FRUGAL block ρ=0.25', 'GaLore-like ρ=0.25', 'BAdam-like ρ=0.25')
+  }
+  block_gap = gap.pop('FRUGAL block ρ=0.25')
+  closer = block_gap < min(gap.values()) and all(verdicts)
+  below = _mean_se(loss['FRUGAL block ρ=0.25'])[0] <= adam
+  if not closer:
+    tail = ', unlike what the paper reports.'
+  elif below:
+    tail = (
+      ', as the paper claims; here FRUGAL is even at or below AdamW (within '
+      'the spread: the signSGD part helps at this scale and learning rate).'
+    )
+  else:
+    tail = ', as the paper claims.'
   out += [
     '',
     '**FRUGAL at ρ = 0.25 comes '
     + ('closer to' if closer else 'no closer to')
     + ' AdamW than the GaLore-like and BAdam-like arms here**'
-    + (
-      ', as the paper claims.' if closer else ', unlike what the paper reports.'
-    ),
+    + tail,
   ]
   return out
 
@@ -347,9 +357,16 @@ def plot(results, prefix):
     ax.axhline(floor, color='k', lw=0.8, ls=':', label='floor (entropy)')
     ax.set_xlabel('step')
     ax.set_ylabel('validation loss (nats/token)')
-  axes[1].set_xlim(steps[len(steps) // 2] if len(steps) > 2 else 0, None)
-  lo = min(min(_loss(r) for r in runs) for runs in results.values())
-  axes[1].set_ylim(min(lo, floor) - 0.05, None)
+  half = steps[len(steps) // 2] if len(steps) > 2 else 0
+  late = [
+    r['test_loss']
+    for runs in results.values()
+    for run in runs
+    for r in run
+    if 'test_loss' in r and r['step'] >= half
+  ]
+  axes[1].set_xlim(half, None)
+  axes[1].set_ylim(min(min(late), floor) - 0.05, max(late) + 0.05)
   axes[1].set_title('second half')
   axes[0].legend(fontsize=7)
   fig.suptitle('FRUGAL on a micro LLaMA, order-2 Markov data (mean of seeds)')
