@@ -142,10 +142,11 @@ def default_eligible(path, leaf) -> bool:
   Eligible: 2-D arrays none of whose path names contains (case-insensitive)
   one of :data:`DEFAULT_EXCLUDE`: ``embed`` (token and position
   embeddings), ``norm`` (norm scales), ``head`` and ``logit`` (the output
-  head), ``bias``, ``scale``. In the LLaMA model of ``experiments/llama.py``
-  this selects exactly the attention and MLP kernels, the official
-  "projectable" group; embeddings, norms and the head get the state-full rule
-  on the whole gradient, as in the official code.
+  head), ``bias``, ``scale``. In the LLaMA model of
+  ``experiments/architectures/llama.py`` this selects exactly the attention
+  and MLP kernels, the official "projectable" group; embeddings, norms and
+  the head get the state-full rule on the whole gradient, as in the official
+  code.
 
   Args:
     path: a key path from ``jax.tree_util.tree_flatten_with_path``.
@@ -172,7 +173,8 @@ class ScaleByFrugalState(NamedTuple):
       ``random``, ``randperm``), int32 indices (``columns``, ``rows``,
       ``randk``) or, for ``block``, the int32 tensor index (within its shape
       group) of each slot; an index equal to the group size marks an empty
-      slot.
+      slot. ``None`` for a unit without a subspace (rank or slots 0, e.g.
+      at density 0), so that the state holds no zero-size arrays.
     full_state: state of the state-full transform, on the subspace
       coordinates of the eligible params (a list: one array per unit, or per
       slot for ``block``).
@@ -350,6 +352,8 @@ def _unit_output(unit: _Unit, x) -> list:
 
 
 def _proj_zeros(unit: _Unit):
+  if unit.rank == 0:  # No subspace: nothing to store (and no zero-size
+    return None  # arrays, which checkpointers reject).
   m = unit.shape[0]
   n = unit.shape[-1]
   if unit.kind in _MATRIX:
@@ -362,6 +366,8 @@ def _proj_new(unit: _Unit, x, key, refreshes):
   """A new projection of ``unit`` from its current gradient ``x``."""
   m, n = unit.shape[0], unit.shape[-1]
   r = unit.rank
+  if r == 0:
+    return None
   if unit.kind == 'block':
     size = len(unit.leaves)
     if unit.blocks_random:
@@ -406,6 +412,8 @@ def _reshard_like(y, like):
 
 
 def _down(unit: _Unit, x, proj):
+  if unit.rank == 0:
+    return []
   if unit.kind == 'block':
     picked = jnp.take(x, proj, axis=0, mode='fill', fill_value=0)
     return [picked[j] for j in range(unit.rank)]
@@ -424,9 +432,9 @@ def _down(unit: _Unit, x, proj):
 
 
 def _up(unit: _Unit, c, proj, like):
+  if unit.rank == 0:
+    return jnp.zeros_like(like)
   if unit.kind == 'block':
-    if unit.rank == 0:
-      return jnp.zeros_like(like)
     return jnp.zeros_like(like).at[proj].set(jnp.stack(c), mode='drop')
   if unit.kind in _MATRIX:
     cf = c.astype(jnp.float32)

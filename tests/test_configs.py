@@ -26,7 +26,10 @@ ARGS = {
     'cifar100_norm',
     'cifar100_augmented',
   ),
+  'frugal_llama_c4': ('60m', '130m', '350m', '1b'),
 }
+# Data sets read through TFDS (mocked here).
+TFDS_DATASETS = ('tfds', 'c4')
 NAMES = sorted(m.name for m in pkgutil.iter_modules(configs.__path__))
 CASES = [(n, a) for n in NAMES for a in ARGS.get(n, (None,))]
 
@@ -49,7 +52,7 @@ def test_config_documents_and_validates(name, arg):
 @pytest.mark.parametrize('name, arg', CASES)
 def test_config_model_builds_at_its_input_shape(name, arg):
   _, config = _load(name, arg)
-  if config.dataset.name == 'tfds':
+  if config.dataset.name in TFDS_DATASETS:
     with tfds.testing.mock_data(num_examples=4):
       dataset = data.load(config.dataset)
   else:
@@ -57,14 +60,18 @@ def test_config_model_builds_at_its_input_shape(name, arg):
   model = models.create_model(
     config.model, dataset.num_classes, dataset.input_shape
   )
-  x = jax.ShapeDtypeStruct((2, *dataset.input_shape), jnp.float32)
+  # Language models map tokens to a distribution per position.
+  tokens = config.task.name == 'language_model'
+  dtype = jnp.int32 if tokens else jnp.float32
+  x = jax.ShapeDtypeStruct((2, *dataset.input_shape), dtype)
   variables = jax.eval_shape(
     lambda x: model.init(jax.random.key(0), x, train=False), x
   )
   logits = jax.eval_shape(
     lambda v, x: model.apply(v, x, train=False), variables, x
   )
-  assert logits.shape == (2, dataset.num_classes)
+  positions = dataset.input_shape if tokens else ()
+  assert logits.shape == (2, *positions, dataset.num_classes)
 
 
 def test_unknown_config_argument_is_an_error():

@@ -245,6 +245,19 @@ def test_keep_state_does_not_reset():
   assert int(state.full_state.count) == 5
 
 
+@pytest.mark.parametrize('projection', ['block', 'svd', 'columns'])
+def test_density_zero_is_sign_on_eligible_with_no_zero_size_state(projection):
+  # Checkpointers (orbax) reject zero-size arrays: rank 0 stores nothing.
+  params = _params()
+  opt = bo.scale_by_frugal(density=0.0, projection=projection)
+  state = opt.init(params)
+  assert all(x.size > 0 for x in jax.tree.leaves(state))
+  g = _grads(1)[0]
+  updates, _ = jax.jit(opt.update)(g, state, params)
+  chex.assert_trees_all_close(updates['w1'], jnp.sign(g['w1']))
+  chex.assert_trees_all_close(updates['w2'], jnp.sign(g['w2']))
+
+
 @pytest.mark.parametrize('projection', ['columns', 'randperm', 'block'])
 def test_density_one_reproduces_adam(projection):
   params = _params()

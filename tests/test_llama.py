@@ -1,4 +1,4 @@
-"""Tests for batchax.experiments.llama (the LLaMA-style decoder)."""
+"""Tests for experiments/architectures/llama.py (the LLaMA-style decoder)."""
 
 import doctest
 import importlib
@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from batchax.experiments import llama
+from batchax.experiments.architectures import llama
 
 # Parameter counts of the paper-size models (untied head, no biases):
 # V d (embedding) + L (4 d^2 + 3 d f + 2 d) + d (final norm) + d V (head).
@@ -18,6 +18,7 @@ EXPECTED = {
   '350m': 367_969_280,
   '1b': 1_339_082_752,
   'tiny': 412_288,
+  'micro': 107_328,
 }
 
 
@@ -102,6 +103,22 @@ def test_too_long_and_unknown():
 
 def test_docstring_examples():
   # Here rather than in test_doctests.py, to keep this change self-contained.
-  module = importlib.import_module('batchax.experiments.llama')
+  module = importlib.import_module('batchax.experiments.architectures.llama')
   result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_create_from_the_model_config():
+  import ml_collections
+
+  from batchax.experiments import models
+  from batchax.experiments.configs import default
+
+  config = default.base_config().model
+  config.name, config.size = 'llama', 'tiny'
+  model = models.create_model(config, 258, (32,))
+  assert isinstance(model, llama.Llama)
+  assert model.config.vocab_size == 258 and model.config.max_len == 32
+  assert model.config.hidden_size == llama.CONFIGS['tiny'].hidden_size
+  with pytest.raises(ValueError, match='needs config.model.size'):
+    llama.create(ml_collections.ConfigDict(dict(name='llama')), 64, (8,))

@@ -1,7 +1,7 @@
 r"""FRUGAL against AdamW: optimizer-state memory and train-step time.
 
 Side by side in one process, on the LLaMA-style decoder of
-``experiments/llama.py``:
+``experiments/architectures/llama.py``:
 
 * **Memory** (no allocation: ``jax.eval_shape`` of ``opt.init``, counted by
   ``batchax.optimizers.state_bytes``), for every named size from ``tiny`` to
@@ -44,7 +44,7 @@ import optax
 from absl import app, flags
 
 import batchax.optimizers as bo
-from batchax.experiments import llama
+from batchax.experiments.architectures import llama
 
 _REPS = flags.DEFINE_integer('reps', 10, 'Interleaved repetitions.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Train steps per arm and rep.')

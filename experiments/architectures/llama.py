@@ -23,8 +23,12 @@ size, intermediate size, heads, layers, vocabulary 32000 from the T5
 tokenizer, RMSNorm eps 1e-6, init std 0.02), which the FRUGAL pre-training
 scripts use, with the training context of 256 tokens (``max_length 256`` in
 those scripts; the json's ``max_sequence_length`` is 1024 but only 256 are
-used). ``'tiny'`` and ``'small'`` are CPU-sized models for a 64-token
-vocabulary.
+used). ``'micro'`` (107k parameters), ``'tiny'`` (412k) and ``'small'``
+(3.2M) are CPU-sized models for a 64-token vocabulary.
+
+In the trainer: ``config.model.name = 'llama'`` with ``config.model.size``
+one of :data:`CONFIGS`; :func:`create` takes the vocabulary from the data
+(``num_classes``) and the context from its sequence length.
 """
 
 import dataclasses
@@ -65,6 +69,14 @@ class LlamaConfig:
 
 
 CONFIGS = {
+  'micro': LlamaConfig(
+    vocab_size=64,
+    hidden_size=64,
+    num_layers=2,
+    num_heads=4,
+    intermediate_size=172,
+    max_len=64,
+  ),
   'tiny': LlamaConfig(
     vocab_size=64,
     hidden_size=128,
@@ -183,7 +195,7 @@ class Llama(nn.Module):
   Example:
     >>> import jax
     >>> import jax.numpy as jnp
-    >>> from batchax.experiments.llama import CONFIGS, Llama
+    >>> from batchax.experiments.architectures.llama import CONFIGS, Llama
     >>> model = Llama(CONFIGS['tiny'])
     >>> tokens = jnp.zeros((2, 8), jnp.int32)
     >>> variables = model.init(jax.random.key(0), tokens)
@@ -212,6 +224,37 @@ class Llama(nn.Module):
       x = Block(c, name=f'layers_{i:0{width}d}')(x)
     x = nn.RMSNorm(epsilon=c.rms_norm_eps, name='norm')(x)
     return _dense(c.vocab_size, c, 'lm_head')(x).astype(jnp.float32)
+
+
+def create(model_config, num_classes: int, input_shape=None) -> Llama:
+  """The trainer's entry point: the model ``config.model`` names.
+
+  Args:
+    model_config: ``config.model``; ``size`` is a key of :data:`CONFIGS`.
+    num_classes: the vocabulary size of the data (replaces the size's).
+    input_shape: ``(sequence length,)`` of the data's inputs; it becomes
+      ``max_len``.
+
+  Returns:
+    A :class:`Llama`.
+
+  Example:
+    >>> import ml_collections
+    >>> from batchax.experiments.architectures import llama
+    >>> model = llama.create(
+    ...     ml_collections.ConfigDict({'size': 'tiny'}), 258, (128,))
+    >>> model.config.vocab_size, model.config.max_len
+    (258, 128)
+  """
+  size = model_config.get('size', None)
+  if size is None:
+    raise ValueError(
+      f"model.name='llama' needs config.model.size, one of {sorted(CONFIGS)}."
+    )
+  overrides = dict(vocab_size=int(num_classes))
+  if input_shape:
+    overrides['max_len'] = int(input_shape[-1])
+  return make_model(size, **overrides)
 
 
 def make_model(name_or_config: str | LlamaConfig, **overrides: Any) -> Llama:

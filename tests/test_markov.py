@@ -1,4 +1,4 @@
-"""Tests for batchax.experiments.language_data (the order-2 Markov chain)."""
+"""Tests for batchax.experiments.datasets.markov (the order-2 Markov chain)."""
 
 import doctest
 import importlib
@@ -6,7 +6,7 @@ import importlib
 import numpy as np
 import pytest
 
-from batchax.experiments import language_data as ld
+from batchax.experiments.datasets import markov as ld
 
 
 def test_chain_is_a_sparse_stationary_order2_chain():
@@ -73,6 +73,35 @@ def test_bad_arguments():
 
 def test_docstring_examples():
   # Here rather than in test_doctests.py, to keep this change self-contained.
-  module = importlib.import_module('batchax.experiments.language_data')
+  module = importlib.import_module('batchax.experiments.datasets.markov')
   result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
   assert result.attempted > 0 and result.failed == 0, result
+
+
+def test_load_gives_shifted_token_pairs_and_the_floor():
+  import ml_collections
+
+  config = ml_collections.ConfigDict(
+    dict(seq_len=12, num_examples=20, num_test=6, data_seed=2, vocab_size=16)
+  )
+  d = ld.load(config)
+  raw = ld.make_dataset(
+    seq_len=12, num_train=20, num_valid=6, seed=2, vocab_size=16
+  )
+  x, y = d.train.get(np.arange(20))
+  np.testing.assert_array_equal(x, raw['train'][:, :-1])
+  np.testing.assert_array_equal(y, raw['train'][:, 1:])
+  xt, yt = d.test.get(np.arange(6))
+  np.testing.assert_array_equal(yt, raw['valid'][:, 1:])
+  assert x.dtype == y.dtype == np.int32
+  assert (len(d.train), len(d.test)) == (20, 6)
+  assert d.num_classes == 16 and d.input_shape == (12,)
+  assert d.entropy_rate == raw['entropy_rate']
+  assert d.loss_floor == raw['loss_floor']
+
+
+def test_default_chain_floor():
+  # The figures the module docstring quotes.
+  d = ld.make_dataset(seq_len=64, num_train=1, num_valid=1)
+  assert d['entropy_rate'] == pytest.approx(1.8249, abs=1e-4)
+  assert np.exp(d['entropy_rate']) == pytest.approx(6.20, abs=5e-3)
