@@ -36,7 +36,9 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from batchax import optimizers as bo  # noqa: E402
+from batchax.experiments import models, optim  # noqa: E402
 from batchax.experiments.configs import frugal_lm_tiny  # noqa: E402
+from batchax.experiments.datasets import markov  # noqa: E402
 from batchax.experiments.reproductions.table import (  # noqa: E402
   Arm,
   Table,
@@ -157,14 +159,12 @@ def _loss(records) -> float:
 
 
 def _dataset():
-  from batchax.experiments.datasets import markov
 
   return markov.load(base_config().dataset)
 
 
 def _state_bytes(arm) -> tuple[int, int]:
   """(total optimizer-state bytes, bytes for the attention/MLP kernels)."""
-  from batchax.experiments import models, optim
 
   config = apply_overrides(base_config(), dict(arm.overrides))
   dataset = _dataset()
