@@ -15,9 +15,17 @@ from the same two numbers without loading the data.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from batchax.experiments import data, long_tail
+
+
+@functools.lru_cache(maxsize=2)
+def _mnist1d(num_examples: int, data_seed: int) -> data.Dataset:
+  # Generation takes seconds; a reproduction loads one set for every run.
+  return data.load_mnist1d(num_examples, data_seed)
 
 
 def load(config) -> data.Dataset:
@@ -25,7 +33,7 @@ def load(config) -> data.Dataset:
   imbalance = float(config.get('imbalance', 100))
   n_max = config.get('n_max', None)
   seed = int(config.get('subsample_seed', 0))
-  ds = data.load_mnist1d(config.num_examples, config.data_seed)
+  ds = _mnist1d(int(config.num_examples), int(config.data_seed))
   tr = long_tail.long_tail_indices(
     ds.train.y,
     imbalance,
