@@ -255,8 +255,10 @@ class ResNet(nn.Module):
 
 RESNETS = {  # name: (stage sizes, widths, bottleneck)
   'resnet18': ((2, 2, 2, 2), (64, 128, 256, 512), False),
+  'resnet32': ((5, 5, 5), (16, 32, 64), False),
   'resnet44': ((7, 7, 7), (16, 32, 64), False),
   'wresnet16_4': ((2, 2, 2), (64, 128, 256), False),
+  'wresnet28_10': ((4, 4, 4), (160, 320, 640), False),
   'resnet50': ((3, 4, 6, 3), (64, 128, 256, 512), True),
   'resnet101': ((3, 4, 23, 3), (64, 128, 256, 512), True),
 }

@@ -250,7 +250,7 @@ def evaluate(
   Returns:
     ``{method[+tent]: error}``.
   """
-  num_classes = int(np.max(test_y)) + 1
+  num_classes = max(int(np.max(test_y)) + 1, _num_classes(source))
   stream_list = streams.make_streams(
     test_x,
     test_y,
@@ -262,11 +262,39 @@ def evaluate(
     seed=seed,
     num_classes=num_classes,
   )
-  k = num_components or (128 if setting == 'mixed' else 16)
-  example = jnp.zeros((1, *test_x.shape[1:]), jnp.float32)
+  return evaluate_streams(
+    model_config,
+    source,
+    stream_list,
+    methods=methods,
+    tent=tent,
+    batch_size=batch_size,
+    seed=seed,
+    num_components=num_components or (128 if setting == 'mixed' else 16),
+    tent_lr=tent_lr,
+  )
+
+
+def evaluate_streams(
+  model_config,
+  source: dict,
+  stream_list: Sequence[streams.Stream],
+  *,
+  methods: Sequence[str] = METHODS,
+  tent: Sequence[bool] = (False,),
+  batch_size: int = 64,
+  seed: int = 0,
+  num_components: int = 16,
+  tent_lr: float = 1e-3,
+) -> dict[str, float]:
+  """``evaluate`` on given streams (e.g. ``streams.domain_streams`` of
+  CIFAR-10-C); each stream starts from the source model."""
+  num_classes = int(max(np.max(s.y) for s in stream_list)) + 1
+  num_classes = max(num_classes, _num_classes(source))
+  example = jnp.zeros((1, *stream_list[0].x.shape[1:]), jnp.float32)
   out = {}
   for method in methods:
-    model = adapted_model(model_config, method, num_classes, k)
+    model = adapted_model(model_config, method, num_classes, num_components)
     variables = adapted_variables(
       source, model, method, example, jax.random.key(seed)
     )
@@ -278,6 +306,12 @@ def evaluate(
       ]
       out[method + ('+tent' if with_tent else '')] = float(np.mean(errors))
   return out
+
+
+def _num_classes(source: dict) -> int:
+  """The classifier's width: the last Dense layer's bias."""
+  dense = sorted(k for k in source['params'] if k.startswith('Dense_'))
+  return int(np.shape(source['params'][dense[-1]]['bias'])[0]) if dense else 0
 
 
 def test_split(config) -> tuple[np.ndarray, np.ndarray]:
@@ -302,6 +336,15 @@ def _define_flags():
     methods=f.DEFINE_list('methods', list(METHODS), 'Methods.'),
     tent=f.DEFINE_bool('tent', False, 'Also run each method with TENT.'),
     num_components=f.DEFINE_integer('num_components', 0, 'K (0: default).'),
+    corrupted_npy=f.DEFINE_string(
+      'corrupted_npy',
+      '',
+      'A folder of CIFAR-10-C / CIFAR-100-C .npy files (instead of the '
+      'corrupted MNIST-1D test split).',
+    ),
+    tfds_corrupted=f.DEFINE_string(
+      'tfds_corrupted', '', "A TFDS corrupted set, e.g. 'cifar10_corrupted'."
+    ),
   )
 
 
@@ -309,22 +352,49 @@ def main(argv, fl):
   del argv
   logging.set_verbosity(logging.WARNING)
   config, variables = load_workdir(fl['workdir'].value)
-  x, y = test_split(config)
-  errors = evaluate(
-    config.model,
-    variables,
-    x,
-    y,
+  common = dict(
     methods=fl['methods'].value,
     tent=(False, True) if fl['tent'].value else (False,),
-    setting=fl['setting'].value,
-    order=fl['order'].value,
-    delta=fl['delta'].value,
     batch_size=fl['batch_size'].value,
-    severity=fl['severity'].value,
     seed=fl['seed'].value,
-    num_components=fl['num_components'].value or None,
   )
+  setting = fl['setting'].value
+  k = fl['num_components'].value or (128 if setting == 'mixed' else 16)
+  if fl['corrupted_npy'].value or fl['tfds_corrupted'].value:
+    if fl['corrupted_npy'].value:
+      domains = streams.load_corrupted_npy(
+        fl['corrupted_npy'].value, severity=fl['severity'].value
+      )
+    else:
+      domains = streams.load_corrupted_tfds(
+        fl['tfds_corrupted'].value,
+        severity=fl['severity'].value,
+        data_dir=config.dataset.get('data_dir') or None,
+      )
+    stream_list = streams.domain_streams(
+      domains,
+      setting=setting,
+      order=fl['order'].value,
+      delta=fl['delta'].value,
+      seed=fl['seed'].value,
+    )
+    errors = evaluate_streams(
+      config.model, variables, stream_list, num_components=k, **common
+    )
+  else:
+    x, y = test_split(config)
+    errors = evaluate(
+      config.model,
+      variables,
+      x,
+      y,
+      setting=setting,
+      order=fl['order'].value,
+      delta=fl['delta'].value,
+      severity=fl['severity'].value,
+      num_components=k,
+      **common,
+    )
   for name, err in errors.items():
     print(f'{name:18s} error {err:6.2f} %')
 

@@ -26,6 +26,9 @@ ARGS = {
     'cifar100_norm',
     'cifar100_augmented',
   ),
+  'batchformer_mnist1d_lt': ('ce', 'bf_no_share'),
+  'cifar100_lt_batchformer': ('bsoftmax', 'bsoftmax_bf'),
+  'cifar_unmix_source': ('cifar10', 'cifar100'),
 }
 NAMES = sorted(m.name for m in pkgutil.iter_modules(configs.__path__))
 CASES = [(n, a) for n in NAMES for a in ARGS.get(n, (None,))]
@@ -49,9 +52,13 @@ def test_config_documents_and_validates(name, arg):
 @pytest.mark.parametrize('name, arg', CASES)
 def test_config_model_builds_at_its_input_shape(name, arg):
   _, config = _load(name, arg)
-  if config.dataset.name == 'tfds':
+  d = config.dataset
+  if d.name == 'tfds' or d.get('tfds_name'):
+    # TFDS-based sets (also long-tailed subsets): the shapes of the mock set.
     with tfds.testing.mock_data(num_examples=4):
-      dataset = data.load(config.dataset)
+      dataset = data.load_tfds(
+        d.tfds_name, d.data_dir, d.train_split, d.test_split, d.image_size
+      )
   else:
     dataset = data.load(config.dataset)
   model = models.create_model(
