@@ -59,7 +59,7 @@ from jax import lax
 from batchax import layers as bl
 from batchax.experiments import checkpoint as ckpt_lib
 from batchax.experiments import data as data_lib
-from batchax.experiments import models, sharding, streams
+from batchax.experiments import models, sharding, streams, train
 from batchax.layers.test_time_norm import STAT_COLLECTIONS
 
 METHODS = ('source', 'tbn', 'alpha_bn', 'ema', 'unmix_tns')
@@ -72,8 +72,6 @@ def load_workdir(workdir: str) -> tuple[ml_collections.ConfigDict, dict]:
   The variables (``params`` and the model state, e.g. ``batch_stats``) come
   from the latest checkpoint, restored into the trainer's state structure.
   """
-  from batchax.experiments import train  # Lazy: the binary defines flags.
-
   with open(os.path.join(workdir, 'config.json')) as f:
     config = ml_collections.ConfigDict(json.load(f))
   mesh = sharding.make_mesh(config.mesh)
@@ -322,11 +320,11 @@ def test_split(config) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _define_flags():
-  """The binary's flags (defined only when run: importing this module, e.g.
-  next to ``train.py``, whose ``--workdir`` it shares, defines none)."""
+  """The binary's flags, defined only when it runs; ``--workdir`` (the
+  finished trainer run) is ``train.py``'s flag."""
   f = flags
   return dict(
-    workdir=f.DEFINE_string('workdir', None, 'A finished trainer run.'),
+    workdir=flags.FLAGS['workdir'],
     setting=f.DEFINE_enum('setting', 'single', streams.SETTINGS, 'Setting.'),
     order=f.DEFINE_enum('order', 'dirichlet', streams.ORDERS, 'Label order.'),
     delta=f.DEFINE_float('delta', 0.1, 'Dirichlet concentration.'),
