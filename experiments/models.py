@@ -25,7 +25,10 @@ NORMS = (
   'layer_norm',
   'batchax_layer_norm',
   'ghost_batch_norm',
+  'unmix_tns',
+  'test_time_norm',
 )
+PRE_CLASSIFIERS = ('none', 'batchformer')
 
 
 class Identity(nn.Module):
@@ -41,7 +44,10 @@ def make_norm(
 
   Batch-statistics layers take ``use_running_average=not train``; stateless
   ones ignore ``train``. ``kwargs`` go to the layer (e.g. ``ghost_size``,
-  ``momentum``).
+  ``momentum``). The test-time layers (``'unmix_tns'``: ``bl.UnMixTNS``;
+  ``'test_time_norm'``: ``bl.TestTimeNorm`` with ``mode`` in kwargs) replace
+  a trained model's BatchNorm at test time (``experiments/test_time.py``);
+  they compute the same in train and eval.
   """
   kwargs = dict(kwargs or {})
   if name == 'none':
@@ -58,7 +64,32 @@ def make_norm(
     return functools.partial(
       bl.GhostBatchNorm, use_running_average=not train, **kwargs
     )
+  if name == 'unmix_tns':
+    return functools.partial(bl.UnMixTNS, **kwargs)
+  if name == 'test_time_norm':
+    return functools.partial(bl.TestTimeNorm, **kwargs)
   raise ValueError(f'Unknown normalization {name!r}; expected one of {NORMS}.')
+
+
+def pre_classifier(
+  name: str, train: bool, kwargs: Mapping[str, Any] | None = None
+) -> Callable[[Any], Any]:
+  """The layer between the pooled features and the classifier, by name.
+
+  ``'none'`` is the identity; ``'batchformer'`` is ``bl.BatchFormer`` (with
+  ``kwargs``: ``num_heads``, ``group_size``, ``shared_classifier``, ...),
+  which in training returns ``2N`` rows (the shared classifier's batch) or
+  ``N`` (``shared_classifier=False``) and is the identity at evaluation.
+  """
+  kwargs = dict(kwargs or {})
+  if name == 'none':
+    return lambda x: x
+  if name == 'batchformer':
+    layer = bl.BatchFormer(**kwargs)
+    return lambda x: layer(x, train=train)
+  raise ValueError(
+    f'Unknown pre_classifier {name!r}; expected one of {PRE_CLASSIFIERS}.'
+  )
 
 
 def check_batch_size(config, micro_batch_size: int) -> None:
@@ -82,6 +113,8 @@ class MLP(nn.Module):
   num_classes: int = 10
   norm: str = 'none'
   norm_kwargs: Mapping[str, Any] | None = None
+  pre_classifier: str = 'none'
+  pre_classifier_kwargs: Mapping[str, Any] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -89,17 +122,28 @@ class MLP(nn.Module):
     norm = make_norm(self.norm, train, self.norm_kwargs)
     for width in self.hidden:
       x = nn.relu(norm()(nn.Dense(width)(x)))
+    x = pre_classifier(self.pre_classifier, train, self.pre_classifier_kwargs)(
+      x
+    )
     return nn.Dense(self.num_classes)(x)
 
 
 class CNN1D(nn.Module):
-  """1-D CNN for MNIST-1D: (conv -> norm -> ReLU -> max-pool 2) blocks."""
+  """1-D CNN for MNIST-1D: (conv -> norm -> ReLU -> max-pool 2) blocks.
+
+  The features are flattened (``pool='flatten'``) or averaged over time
+  (``pool='mean'``, global average pooling) before the optional
+  ``pre_classifier`` layer (BatchFormer) and the linear classifier.
+  """
 
   channels: Sequence[int] = (32, 32, 32)
   kernel_size: int = 5
   num_classes: int = 10
   norm: str = 'none'
   norm_kwargs: Mapping[str, Any] | None = None
+  pool: str = 'flatten'
+  pre_classifier: str = 'none'
+  pre_classifier_kwargs: Mapping[str, Any] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -110,7 +154,15 @@ class CNN1D(nn.Module):
       x = nn.Conv(c, (self.kernel_size,), padding='SAME')(x)
       x = nn.relu(norm()(x))
       x = nn.max_pool(x, (2,), strides=(2,), padding='SAME')
-    x = x.reshape((x.shape[0], -1))
+    if self.pool == 'mean':
+      x = jnp.mean(x, axis=1)
+    elif self.pool == 'flatten':
+      x = x.reshape((x.shape[0], -1))
+    else:
+      raise ValueError(f"pool must be 'flatten' or 'mean', got {self.pool!r}.")
+    x = pre_classifier(self.pre_classifier, train, self.pre_classifier_kwargs)(
+      x
+    )
     return nn.Dense(self.num_classes)(x)
 
 
@@ -173,6 +225,8 @@ class ResNet(nn.Module):
   norm_kwargs: Mapping[str, Any] | None = None
   bottleneck: bool = False
   imagenet_stem: bool = False
+  pre_classifier: str = 'none'
+  pre_classifier_kwargs: Mapping[str, Any] | None = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -193,13 +247,18 @@ class ResNet(nn.Module):
         strides = 2 if i > 0 and j == 0 else 1
         x = block(width, strides, norm)(x)
     x = jnp.mean(x, axis=(1, 2))
+    x = pre_classifier(self.pre_classifier, train, self.pre_classifier_kwargs)(
+      x
+    )
     return nn.Dense(self.num_classes)(x)
 
 
 RESNETS = {  # name: (stage sizes, widths, bottleneck)
   'resnet18': ((2, 2, 2, 2), (64, 128, 256, 512), False),
+  'resnet32': ((5, 5, 5), (16, 32, 64), False),
   'resnet44': ((7, 7, 7), (16, 32, 64), False),
   'wresnet16_4': ((2, 2, 2), (64, 128, 256), False),
+  'wresnet28_10': ((4, 4, 4), (160, 320, 640), False),
   'resnet50': ((3, 4, 6, 3), (64, 128, 256, 512), True),
   'resnet101': ((3, 4, 23, 3), (64, 128, 256, 512), True),
 }
@@ -216,10 +275,19 @@ def create_model(
   common = dict(
     num_classes=num_classes, norm=config.norm, norm_kwargs=norm_kwargs
   )
+  head = dict(
+    pre_classifier=config.get('pre_classifier', 'none'),
+    pre_classifier_kwargs=dict(config.get('pre_classifier_kwargs', {}) or {}),
+  )
   if name == 'mlp':
-    return MLP(hidden=tuple(config.hidden), **common)
+    return MLP(hidden=tuple(config.hidden), **common, **head)
   if name == 'cnn1d':
-    return CNN1D(channels=tuple(config.channels), **common)
+    return CNN1D(
+      channels=tuple(config.channels),
+      pool=config.get('pool', 'flatten'),
+      **common,
+      **head,
+    )
   if name in RESNETS:
     stages, widths, bottleneck = RESNETS[name]
     return ResNet(
@@ -228,6 +296,7 @@ def create_model(
       bottleneck=bottleneck,
       imagenet_stem=input_shape is not None and input_shape[0] >= 64,
       **common,
+      **head,
     )
   if name == 'rnn':
     return recurrent.RNNClassifier(

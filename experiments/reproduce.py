@@ -10,11 +10,14 @@ Each table (``experiments/reproductions/<name>.py``, found by its module
 defining ``TABLE``; adding a table is adding a file) defines a base config,
 its arms (config overrides) and the paper's row to compare with. Every
 (arm, seed) is one ordinary trainer run in ``<out_dir>/<arm>/<seed>`` (so a
-killed reproduction resumes where it stopped), with one progress line per
-run and an estimate of the time left. The page ``<table>.md`` (mean and
-sample standard deviation over seeds) and its PNGs go to ``--out_dir``
-(default ``runs/reproduce/<table>``); ``--update_docs`` also copies them to
-``docs/results/``, the only way this script touches tracked files.
+killed reproduction resumes where it stopped), followed, for tables that
+define ``evaluate``, by an evaluation of the trained model whose record
+(cached in the run's ``evaluation.json``) joins the run's records; with
+one progress line per run and an estimate of the time left. The page
+``<table>.md`` (mean and sample standard deviation over seeds) and its
+PNGs go to ``--out_dir`` (default ``runs/reproduce/<table>``);
+``--update_docs`` also copies them to ``docs/results/``, the only way
+this script touches tracked files.
 ``--quick`` is a smoke test: one seed, the table's tiny budget (its
 ``quick`` overrides), in ``runs/reproduce/<table>-quick``; its numbers mean
 nothing, and it never updates the docs.
@@ -23,6 +26,7 @@ nothing, and it never updates the docs.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 import shutil
@@ -84,8 +88,26 @@ def run_arm(
 ) -> list[dict]:
   """Runs (or resumes) one arm for one seed; returns its metric records."""
   run_dir = os.path.join(out_dir, arm.name, str(seed))
-  train.train_and_evaluate(arm_config(table, arm, seed, quick), run_dir)
-  return metrics_lib.read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
+  config = arm_config(table, arm, seed, quick)
+  train.train_and_evaluate(config, run_dir)
+  records = metrics_lib.read_jsonl(os.path.join(run_dir, 'metrics.jsonl'))
+  if table.evaluate is not None:
+    records.append(_evaluation(table, config, run_dir, quick))
+  return records
+
+
+def _evaluation(table: Table, config, run_dir: str, quick: bool) -> dict:
+  """The table's post-training evaluation of a run, cached in its dir."""
+  path = os.path.join(run_dir, 'evaluation.json')
+  if os.path.exists(path):
+    with open(path) as f:
+      return json.load(f)
+  record = table.evaluate(config, run_dir, quick)
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(record, f)
+  os.replace(tmp, path)
+  return record
 
 
 def mean_sd(values: Sequence[float], fmt: str) -> str:

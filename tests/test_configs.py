@@ -27,6 +27,9 @@ ARGS = {
     'cifar100_augmented',
   ),
   'frugal_llama_c4': ('60m', '130m', '350m', '1b'),
+  'batchformer_mnist1d_lt': ('ce', 'bf_no_share'),
+  'cifar100_lt_batchformer': ('bsoftmax', 'bsoftmax_bf'),
+  'cifar_unmix_source': ('cifar10', 'cifar100'),
 }
 # Data sets read through TFDS (mocked here).
 TFDS_DATASETS = ('tfds', 'c4')
@@ -52,9 +55,16 @@ def test_config_documents_and_validates(name, arg):
 @pytest.mark.parametrize('name, arg', CASES)
 def test_config_model_builds_at_its_input_shape(name, arg):
   _, config = _load(name, arg)
-  if config.dataset.name in TFDS_DATASETS:
+  d = config.dataset
+  if d.name in TFDS_DATASETS or d.get('tfds_name'):
+    # TFDS-based sets (also long-tailed subsets): the shapes of the mock set.
     with tfds.testing.mock_data(num_examples=4):
-      dataset = data.load(config.dataset)
+      if d.name in TFDS_DATASETS:
+        dataset = data.load(d)
+      else:
+        dataset = data.load_tfds(
+          d.tfds_name, d.data_dir, d.train_split, d.test_split, d.image_size
+        )
   else:
     dataset = data.load(config.dataset)
   model = models.create_model(

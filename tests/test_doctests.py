@@ -25,6 +25,7 @@ MODULES = (
   'batchax.experiments.recurrent',
   'batchax.experiments.streams',
   'batchax.experiments.long_tail',
+  'batchax.experiments.param_groups',
 )
 
 

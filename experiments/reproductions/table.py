@@ -41,6 +41,11 @@ class Table:
   # Overrides for ``reproduce --quick`` (applied after each arm's): a budget
   # of seconds per arm, for a smoke test of the whole pipeline.
   quick: dict[str, Any] = dataclasses.field(default_factory=dict)
+  # An evaluation after training, for tables whose numbers are not the
+  # trainer's (test-time adaptation of the trained model):
+  # ``evaluate(config, run_dir, quick) -> dict``, appended to the run's
+  # records and cached as ``<run_dir>/evaluation.json``.
+  evaluate: Callable[[Any, str, bool], dict] | None = None
 
 
 def last(key: str) -> Callable[[list[dict]], float]:
