@@ -36,9 +36,14 @@ decodes images only; a text source (TFDS ``wikipedia`` plus a WordPiece
 tokenizer, or pre-tokenised array_record shards) is the missing part, as
 are segment embeddings, the next-sentence objective and padding masks.
 
-Masked-LM test loss (nats) on the 800 held-out sequences, seed 0:
+Masked-LM test loss (nats) on the 800 held-out sequences, seed 0, measured
+on 2 CPU cores (7 minutes under load, 4 of them compiling): the encoder
+barely learns at this size, rate and budget (test perplexity 50 for 65
+token ids, accuracy 11% at the masked positions); the run checks the
+wiring (captures of every attention and MLP projection, LAMB inside MKOR,
+the excluded head), it is not a result, and the learning rate is untuned:
 
-Expected: test_loss 0.0 +- 0.05 after 300 steps
+Expected: test_loss 3.91 +- 0.05 after 300 steps
 """
 
 from batchax.experiments.configs import default
