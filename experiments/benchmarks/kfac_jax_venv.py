@@ -100,17 +100,19 @@ def kfac_arm(period):
     use_adaptive_damping=False,
     initial_damping=DAMP,
     inverse_update_period=period,
+    num_burnin_steps=0,
     multi_device=False,
   )
   rng = jax.random.PRNGKey(2)
-  state = opt.init(params, rng, batch)
+  own = jax.tree_util.tree_map(lambda a: jnp.array(a, copy=True), params)
+  state = opt.init(own, rng, batch)  # kfac-jax donates params and state.
   def step(p, s):
     p, s, _ = opt.step(
       p, s, rng, batch=batch, learning_rate=jnp.asarray(LR),
       momentum=jnp.asarray(MOM), damping=jnp.asarray(DAMP),
     )
     return p, s
-  return step, (params, state)
+  return step, (own, state)
 
 arms = {'sgd': (lambda p, s: sgd_step(p, s, batch), (params, sgd.init(params)))}
 for name, period in (('kfac-jax 10', 10), ('kfac-jax 1', 1),
@@ -166,10 +168,11 @@ def main(argv):
     out = subprocess.run(
       [python, '-c', INNER, str(_REPS.value)],
       env=env,
-      check=True,
       capture_output=True,
       text=True,
     )
+    if out.returncode:
+      raise RuntimeError(f'kfac-jax timing failed:\n{out.stderr[-3000:]}')
     print(out.stdout.strip().splitlines()[-1])
 
 

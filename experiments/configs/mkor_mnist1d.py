@@ -13,10 +13,11 @@ Run (2 CPU cores, about a minute)::
       --config=mkor_mnist1d --workdir runs/mkor_mnist1d
 
 The comparison with SGD-momentum, Adam, KFAC and MKOR-H over seeds is
-``python -m batchax.experiments.reproduce --table=mkor``
-(docs/results/mkor.md). Test accuracy, seed 0:
+``python -m batchax.experiments.reproduce --table=mkor_mnist1d``
+(docs/results/mkor_mnist1d.md). Test accuracy, seed 0, on 2 CPU cores (52
+seconds under load); the MLP overfits (training loss 0.24, test loss 0.80):
 
-Expected: test_accuracy 0.0 +- 0.02 after 600 steps
+Expected: test_accuracy 0.747 +- 0.02 after 600 steps
 """
 
 from batchax.experiments.configs import default

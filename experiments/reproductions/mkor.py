@@ -39,7 +39,7 @@ from batchax.experiments.reproductions.table import (
 )
 
 STEPS = 600
-MLP_STEPS = 400
+MLP_STEPS = 600
 # Targets of the smoothed training loss (a moving average over 5 logs, i.e.
 # 50 steps): reached by every working arm, late enough to separate them.
 AE_TARGET = 0.015

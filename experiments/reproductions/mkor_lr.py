@@ -69,7 +69,8 @@ def cell(runs) -> str:
     return 'D'
   steps = [mkor.steps_to_target(r) for r in runs]
   if any(np.isnan(s) for s in steps):
-    return f'> {mkor.STEPS}'
+    final = np.mean([mkor.final_smoothed_loss(r) for r in runs])
+    return f'> {mkor.STEPS} ({final:.4f})'
   return f'{np.mean(steps):.0f}'
 
 
@@ -81,7 +82,8 @@ def notes(results) -> str:
     'Paper: epochs to converge, ResNet-50 on CIFAR-10 (D = diverged, * = '
     'a local minimum). Ours: steps to a smoothed training loss of '
     f'{mkor.AE_TARGET} on the digits autoencoder (D = diverged, > '
-    f'{mkor.STEPS} = not reached in the budget).',
+    f'{mkor.STEPS} = not reached in the budget, with the final smoothed '
+    'loss in parentheses).',
     '',
     f'| optimizer | {head} |',
     '|---|' + '---|' * len(RATES),
