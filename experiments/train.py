@@ -327,6 +327,7 @@ class Trainer:
       'consecutive_skipped': new_state['consecutive_skipped'],
       'finite_grads': finite_grads,
     }
+    metrics.update(self.hooks.metrics(new_state['opt_state']))
     if 'init_params' in state:
       metrics['weight_distance'] = optax.tree.norm(
         jax.tree.map(jnp.subtract, new_state['params'], state['init_params'])

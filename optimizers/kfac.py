@@ -453,7 +453,7 @@ def scale_by_kfac(
       raise ValueError(
         'scale_by_kfac needs the extra argument `layer_stats`: the '
         'KFACStatistics of every Dense/Conv layer for this batch, provided by '
-        f'the trainer hook `{_HOOK}` (built with '
+        f"the trainer hook `{_HOOK}` with kind='kfac' (built with "
         'batchax.optimizers.kfac_statistics from the layer captures).'
       )
     layers = _mkor._layer_list(updates, exclude)

@@ -88,7 +88,10 @@ Trainer contract: for each micro-batch, get the layer captures of the
 micro-batch's *mean* loss, build ``mkor_statistics(captures, params)``,
 accumulate with :func:`merge_mkor_statistics` (the identity is
 ``jax.tree.map(jnp.zeros_like, stats)``), and pass ``layer_stats=stats`` (and
-``loss=`` for MKOR-H) as keyword extra args to ``update``.
+``loss=`` for MKOR-H) as keyword extra args to ``update``. In the batchax
+trainer the hook ``layer_statistics`` (``experiments/hooks``) does this from
+``batchax.optimizers.capture.value_and_grad_with_captures``, in the same
+backward pass as the gradient.
 """
 
 from collections.abc import Callable, Mapping, Sequence
@@ -849,9 +852,10 @@ def scale_by_mkor(
       if loss is None:
         raise ValueError(
           'mkor_h (scale_by_mkor with switch_beta) needs the extra argument '
-          '`loss`, the scalar training loss of the batch behind `updates`: '
-          'call `opt.update(grads, state, params, layer_stats=stats, '
-          'loss=loss)`.'
+          '`loss`, the scalar training loss of the batch behind `updates`, '
+          f'provided by the trainer hook `{_HOOK}` with provide_loss=True '
+          '(or the hook `loss`): call `opt.update(grads, state, params, '
+          'layer_stats=stats, loss=loss)`.'
         )
       second, switch_step, ema, rate, start = switch_rule(state, loss)
     else:

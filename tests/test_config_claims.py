@@ -37,8 +37,20 @@ CLAIM = re.compile(
   re.M,
 )
 # The configs that run on a CPU; the others need a prepared TFDS data set.
-CPU_CONFIGS = ('digits_mlp', 'default', 'adadagrad_mnist1d')
-SLOW = ('default', 'adadagrad_mnist1d')  # 25 s and 1-3 min on 2 cores.
+CPU_CONFIGS = (
+  'digits_mlp',
+  'default',
+  'adadagrad_mnist1d',
+  'mkor_digits_autoencoder',
+  'mkor_mnist1d',
+)
+# 25 s, 1-3 min, 30 s and 1 min on 2 cores.
+SLOW = (
+  'default',
+  'adadagrad_mnist1d',
+  'mkor_digits_autoencoder',
+  'mkor_mnist1d',
+)
 
 
 def claims(name):

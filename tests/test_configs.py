@@ -2,6 +2,7 @@
 TFDS configs run end to end on mock data."""
 
 import importlib
+import math
 import os
 import pkgutil
 
@@ -71,7 +72,7 @@ def test_config_model_builds_at_its_input_shape(name, arg):
     config.model, dataset.num_classes, dataset.input_shape
   )
   # Language models map tokens to a distribution per position.
-  tokens = config.task.name == 'language_model'
+  tokens = config.task.name in ('language_model', 'masked_lm')
   dtype = jnp.int32 if tokens else jnp.float32
   x = jax.ShapeDtypeStruct((2, *dataset.input_shape), dtype)
   variables = jax.eval_shape(
@@ -80,8 +81,12 @@ def test_config_model_builds_at_its_input_shape(name, arg):
   logits = jax.eval_shape(
     lambda v, x: model.apply(v, x, train=False), variables, x
   )
-  positions = dataset.input_shape if tokens else ()
-  assert logits.shape == (2, *positions, dataset.num_classes)
+  if config.task.name == 'autoencoder':  # A reconstruction of the input.
+    assert logits.shape == (2, math.prod(dataset.input_shape))
+  elif tokens:  # Per-token logits.
+    assert logits.shape == (2, *dataset.input_shape, dataset.num_classes)
+  else:
+    assert logits.shape == (2, dataset.num_classes)
 
 
 def test_unknown_config_argument_is_an_error():

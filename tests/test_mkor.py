@@ -13,6 +13,7 @@ import optimizer_contract as oc
 import pytest
 
 import batchax.optimizers as bo
+from batchax.optimizers import capture
 
 mk = importlib.import_module('batchax.optimizers.mkor')
 
@@ -546,15 +547,20 @@ def test_hand_written_mkor_sgd_matches_mkor_on_flax_mlp():
         out = model.apply({'params': p}, x)
         return 0.5 * jnp.mean(jnp.sum((out - y) ** 2, -1))
 
-      grads = jax.grad(loss_fn)(params)
-      caps = _flax_captures(params, x, y)
+      # The real layer capture (what the trainer's hook uses); the
+      # hand-built captures of the same loss give the same statistics.
+      _, grads, caps = capture.value_and_grad_with_captures(loss_fn, params)
       stats = bo.mkor_statistics(caps, params, clip)
+      hand = bo.mkor_statistics(_flax_captures(params, x, y), params, clip)
       updates, state = opt.update(grads, state, params, layer_stats=stats)
-      return optax.apply_updates(params, updates), state
+      return optax.apply_updates(params, updates), state, stats, hand
 
     state = opt.init(params)
     for x, y in batches:
-      params, state = step(params, state, jnp.asarray(x), jnp.asarray(y))
+      params, state, stats, hand = step(
+        params, state, jnp.asarray(x), jnp.asarray(y)
+      )
+      chex.assert_trees_all_close(stats, hand, rtol=1e-12, atol=1e-14)
     for i, k in enumerate(('Dense_0', 'Dense_1')):
       np.testing.assert_allclose(
         params[k]['kernel'], ws[i].T, rtol=1e-9, atol=1e-11

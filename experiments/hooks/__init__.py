@@ -102,6 +102,10 @@ class Hook:
     """The keyword extra args for ``tx.update`` (names in ``provides``)."""
     return {}
 
+  def metrics(self, opt_state) -> dict[str, jax.Array]:
+    """Scalars of the updated optimizer state worth logging every step."""
+    return {}
+
 
 class Hooks(Hook):
   """Several hooks run in order, like ``optax.chain``."""
@@ -149,6 +153,12 @@ class Hooks(Hook):
     out = {}
     for hook, a in zip(self.hooks, acc):
       out.update(hook.finalize(a, num_micro))
+    return out
+
+  def metrics(self, opt_state):
+    out = {}
+    for hook in self.hooks:
+      out.update(hook.metrics(opt_state))
     return out
 
 
