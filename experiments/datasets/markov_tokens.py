@@ -1,6 +1,6 @@
 """Generated token sequences (an order-2 Markov chain) for language models.
 
-``experiments.language_data.make_dataset``: deterministic from
+``experiments.datasets.markov.make_dataset``: deterministic from
 ``dataset.data_seed``, nothing downloaded. Each example is a sequence of
 ``dataset.seq_len`` tokens in ``[0, vocab_size)``, as ``(tokens, tokens)``;
 ``num_classes`` is ``vocab_size + 1``, so the id ``vocab_size`` never occurs
@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from batchax.experiments import data, language_data
+from batchax.experiments import data
+from batchax.experiments.datasets import markov
 
 
 def load(dataset_config) -> data.Dataset:
   n = int(dataset_config.num_examples)
   num_train = int(0.8 * n)
-  d = language_data.make_dataset(
+  d = markov.make_dataset(
     seq_len=dataset_config.seq_len - 1,
     num_train=num_train,
     num_valid=n - num_train,
