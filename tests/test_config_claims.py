@@ -37,7 +37,7 @@ CLAIM = re.compile(
   re.M,
 )
 # The configs that run on a CPU; the others need a prepared TFDS data set.
-CPU_CONFIGS = ('digits_mlp', 'default', 'adadagrad_mnist1d')
+CPU_CONFIGS = ('digits_mlp', 'default', 'adadagrad_mnist1d', 'eggroll_mnist1d')
 SLOW = ('default', 'adadagrad_mnist1d')  # 25 s and 1-3 min on 2 cores.
 
 

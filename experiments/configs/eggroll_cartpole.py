@@ -13,7 +13,8 @@ the task ``rl_return`` scores each member of the population by its mean
 return over the batch's 8 episodes (500 steps each under ``lax.scan``), and
 the ``evolution`` hook hands those fitnesses to the update. Test metric:
 the centre policy's mean return over 64 held-out episode seeds.
-``--config.optimizer.before[0].kwargs.rank=None`` is full-rank OpenES.
+Full-rank OpenES is the same config with ``rank=None`` in the eggroll
+part (the reproduction's OpenES arm; the command line cannot set None).
 
 Measured (seed 0, one CPU device, about 2 minutes with compilation): the
 centre policy's test return is 336 after 20 generations, 482 after 40 and

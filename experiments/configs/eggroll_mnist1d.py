@@ -10,8 +10,8 @@ sigma=0.05), optax.adam(0.01))`` with the forward-only ``fitness`` task and
 the ``evolution`` hook: every generation the 256 members (128 antithetic
 pairs, rank-1 perturbations of both kernels, dense noise on the biases) are
 scored by minus their cross-entropy on the same batch of 64 examples.
-``--config.optimizer.before[0].kwargs.rank=None`` is full-rank OpenES with
-the same code. Results: docs/results/eggroll.md.
+Full-rank OpenES is the same config with ``rank=None`` in the eggroll
+part (the reproduction's OpenES arm; the command line cannot set None). Results: docs/results/eggroll.md.
 
 Measured (seed 0, one CPU device, 28 s of CPU time): test accuracy 0.294
 after 200 generations, 0.347 after 400 and 0.369 after 600 (backprop Adam
