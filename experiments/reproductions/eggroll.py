@@ -89,8 +89,8 @@ TABLE = Table(
   base_config=base_config,
   arms=ARMS,
   columns=(
-    ('test accuracy', last('test_accuracy'), '{:.3f}'),
-    ('train loss', last('train_loss'), '{:.3f}'),
+    ('test accuracy', last('test_accuracy'), '.3f'),
+    ('train loss', last('train_loss'), '.3f'),
   ),
   plot=_plot,
   seeds=1,
