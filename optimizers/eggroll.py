@@ -100,15 +100,45 @@ _UNROLL_RANK = 8
 LOWRANK, DENSE, FROZEN = 'lowrank', 'dense', 'frozen'
 
 
+@dataclasses.dataclass(frozen=True)
+class PopulationSpec:
+  """The static configuration of an :func:`eggroll` population.
+
+  A pytree node **without leaves** (it lives in the treedef of
+  :class:`EggrollState`), so that code that sees only the optimizer state,
+  such as a trainer hook, can rebuild the step's :class:`Population` with
+  :func:`eggroll_population`. Compared by value (callables by identity).
+  """
+
+  population_size: int
+  rank: int | None
+  antithetic: bool
+  noise_reuse: int
+  nonmatrix: str
+  exclude: Callable[[Path, Any], bool] | None
+
+
+jax.tree_util.register_pytree_node(
+  PopulationSpec, lambda s: ((), s), lambda s, _: s
+)
+
+
 class EggrollState(NamedTuple):
   """State of :func:`eggroll`.
 
   Attributes:
     count: number of updates done (int32). The noise of step ``count`` is
       drawn with the counter ``count // noise_reuse``.
+    sigma: the noise scale of the next update (float32), ``sigma(count)``
+      for a schedule; under ``optax.inject_hyperparams`` the last injected
+      value (so there, give a sigma schedule to ``eggroll`` itself rather
+      than to ``inject_hyperparams`` when using ``eggroll_population``).
+    spec: the transform's :class:`PopulationSpec` (static, no leaves).
   """
 
   count: jax.Array
+  sigma: jax.Array | None = None
+  spec: PopulationSpec | None = None
 
 
 # ----------------------------------------------------------------------------
@@ -505,6 +535,9 @@ def eggroll(
       pass it *as an argument* of a jitted function, wrap it in
       ``jax.tree_util.Partial`` (its bound arguments, e.g. the batch, are
       then traced leaves).
+    fitness: instead of ``fitness_fn``, the ``[N]`` fitness of the members
+      of ``eggroll_population(params, state, key)``, computed beforehand
+      (e.g. summed over micro-batches by a trainer hook).
     key: the ES key, a threefry2x32 PRNG key (typed or raw; rbg keys are
       refused because their draws depend on batching). Pass the **same**
       key every step (e.g. one derived from the run seed): the step counter
@@ -627,57 +660,55 @@ def eggroll(
         f'({num_draws}).'
       )
 
+  spec = PopulationSpec(
+    population_size=population_size,
+    rank=rank,
+    antithetic=antithetic,
+    noise_reuse=noise_reuse,
+    nonmatrix=nonmatrix,
+    exclude=exclude,
+  )
+
+  def sigma_at(count):
+    return jnp.asarray(sigma(count) if callable(sigma) else sigma, _F32)
+
   def init_fn(params):
     del params
-    return EggrollState(count=jnp.zeros([], jnp.int32))
+    count = jnp.zeros([], jnp.int32)
+    return EggrollState(count=count, sigma=sigma_at(count), spec=spec)
 
   def update_fn(updates, state, params=None, **extra_args):
     del updates
-    for name in ('fitness_fn', 'key'):
-      if extra_args.get(name) is None:
-        raise ValueError(
-          f'eggroll needs the keyword extra arg {name!r} in update(...): '
-          'fitness_fn(population) -> [N] fitness (higher is better) and the '
-          'ES PRNG key. Pass both as keyword extra args of update (a '
-          'trainer fitness hook provides them).'
-        )
+    fitness_fn = extra_args.get('fitness_fn')
+    given = extra_args.get('fitness')
+    if extra_args.get('key') is None or (fitness_fn is None) == (given is None):
+      raise ValueError(
+        "eggroll needs the keyword extra args 'key' (the ES PRNG key) and "
+        "exactly one of 'fitness_fn' (fitness_fn(population) -> [N] "
+        "fitness, higher is better) or 'fitness' (the [N] fitness of the "
+        'members of eggroll_population(params, state, key), precomputed); '
+        f'got {sorted(k for k, v in extra_args.items() if v is not None)}. '
+        'In the trainer the evolution hook provides fitness and key.'
+      )
     if params is None:
       raise ValueError(
         'eggroll needs params in update(updates, state, params).'
       )
-    key = extra_args['key']
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
-      key = jax.random.wrap_key_data(key)
-    if str(jax.random.key_impl(key)) != 'threefry2x32':
-      # rbg draws change with the vmap batch size, so the forward, the
-      # chunked update and Population.perturbation would disagree.
-      raise ValueError(
-        f'eggroll needs a threefry2x32 key (jax.random.key(seed)), got a '
-        f'{jax.random.key_impl(key)} key: its draws depend on how they are '
-        'batched, and EGGROLL regenerates the same noise in different '
-        'batches.'
-      )
-    fitness_fn = extra_args['fitness_fn']
     count = state.count
-    sig = sigma(count) if callable(sigma) else sigma
-    sig = jnp.asarray(sig, _F32)
-    noise_step = count // noise_reuse if noise_reuse else jnp.zeros_like(count)
-    leaves = _leaf_kinds(params, rank, nonmatrix, exclude)
-    leaf_keys = tuple(jax.random.split(key, len(leaves)))
-    pop = Population(
-      params=params,
-      population_size=population_size,
-      rank=rank,
-      antithetic=antithetic,
-      sigma=sig,
-      noise_step=noise_step,
-      leaf_keys=leaf_keys,
-      leaves=leaves,
-    )
-    fitness = jnp.asarray(fitness_fn(pop))
+    # With precomputed fitness, the sigma its evaluator read from the state.
+    sig = sigma_at(count) if given is None else state.sigma
+    pop = _make_population(spec, params, count, extra_args['key'], sig)
+    sig = pop.sigma
+    leaves = pop.leaves
+    if given is not None:
+      fitness = jnp.asarray(given)
+      source = 'the fitness extra arg'
+    else:
+      fitness = jnp.asarray(fitness_fn(pop))
+      source = 'fitness_fn'
     if fitness.shape != (population_size,):
       raise ValueError(
-        f'fitness_fn must return one score per member, shape '
+        f'{source} must hold one score per member, shape '
         f'({population_size},); got shape {fitness.shape}.'
       )
     shaped = shape_fitness(fitness, shaping, group_size)
@@ -722,11 +753,102 @@ def eggroll(
     out = [
       estimate(i, leaf, p) for i, (leaf, p) in enumerate(zip(leaves, flat))
     ]
+    count = optax.safe_increment(count)
     return treedef.unflatten(out), EggrollState(
-      count=optax.safe_increment(count)
+      count=count, sigma=sigma_at(count), spec=spec
     )
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _threefry_key(key) -> jax.Array:
+  if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+    key = jax.random.wrap_key_data(key)
+  if str(jax.random.key_impl(key)) != 'threefry2x32':
+    # rbg draws change with the vmap batch size, so the forward, the
+    # chunked update and Population.perturbation would disagree.
+    raise ValueError(
+      f'eggroll needs a threefry2x32 key (jax.random.key(seed)), got a '
+      f'{jax.random.key_impl(key)} key: its draws depend on how they are '
+      'batched, and EGGROLL regenerates the same noise in different '
+      'batches.'
+    )
+  return key
+
+
+def _make_population(
+  spec: PopulationSpec, params, count, key, sigma
+) -> Population:
+  """The population of update ``count`` (what ``update`` evaluates)."""
+  key = _threefry_key(key)
+  count = jnp.asarray(count, jnp.int32)
+  if spec.noise_reuse:
+    noise_step = count // spec.noise_reuse
+  else:
+    noise_step = jnp.zeros_like(count)
+  leaves = _leaf_kinds(params, spec.rank, spec.nonmatrix, spec.exclude)
+  return Population(
+    params=params,
+    population_size=spec.population_size,
+    rank=spec.rank,
+    antithetic=spec.antithetic,
+    sigma=jnp.asarray(sigma, _F32),
+    noise_step=noise_step,
+    leaf_keys=tuple(jax.random.split(key, len(leaves))),
+    leaves=leaves,
+  )
+
+
+def find_eggroll_state(opt_state) -> EggrollState:
+  """The single :class:`EggrollState` inside an optimizer state tree."""
+  found = [
+    s
+    for s in jax.tree.leaves(
+      opt_state, is_leaf=lambda x: isinstance(x, EggrollState)
+    )
+    if isinstance(s, EggrollState)
+  ]
+  if len(found) != 1 or found[0].spec is None:
+    raise ValueError(
+      f'Expected exactly one eggroll state in the optimizer state, found '
+      f'{len(found)}: chain one bo.eggroll(...) into the optimizer.'
+    )
+  return found[0]
+
+
+def eggroll_population(params, opt_state, key) -> Population:
+  """The :class:`Population` that the next ``update`` will use.
+
+  For code that evaluates the members itself and passes the ``fitness``
+  extra arg (e.g. a trainer hook that sees each micro-batch while the update
+  does not): the members are exactly those whose noise ``update`` regenerates
+  when called with the same ``params``, ``opt_state`` and ``key``.
+
+  Args:
+    params: the parameters ``update`` will receive.
+    opt_state: the optimizer state before the update (any tree holding one
+      :class:`EggrollState`, e.g. the state of an ``optax.chain``).
+    key: the ES key that will be passed to ``update``.
+
+  Returns:
+    The population of the step.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> params = {'w': jnp.zeros((3, 2))}
+    >>> opt = optax.chain(eggroll(8, rank=1, sigma=0.1), optax.sgd(0.1))
+    >>> state = opt.init(params)
+    >>> key = jax.random.key(0)
+    >>> pop = eggroll_population(params, state, key)
+    >>> fitness = jax.vmap(lambda n: -jnp.sum(
+    ...     (pop.member_params(n)['w'] - 1) ** 2))(jnp.arange(8))
+    >>> updates, state = opt.update(
+    ...     params, state, params, fitness=fitness, key=key)
+    >>> bool(jnp.all(updates['w'] > 0))
+    True
+  """
+  state = find_eggroll_state(opt_state)
+  return _make_population(state.spec, params, state.count, key, state.sigma)
 
 
 def _like(g, p):

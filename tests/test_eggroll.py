@@ -481,8 +481,34 @@ def test_missing_extra_arg(missing):
   params = {'w': jnp.zeros((2, 2))}
   extra = {'fitness_fn': lambda p: jnp.zeros(4), 'key': KEY}
   del extra[missing]
-  with pytest.raises(ValueError, match=f"extra arg '{missing}'"):
+  with pytest.raises(ValueError, match=f"extra args.*'{missing}'.*got"):
     opt.update(params, opt.init(params), params, **extra)
+
+
+def test_precomputed_fitness_equals_fitness_fn():
+  """fitness= of eggroll_population's members gives fitness_fn's update."""
+  opt = optax.chain(eg.eggroll(8, rank=2, sigma=0.1), optax.sgd(1.0))
+  params = {'w': jnp.arange(6.0).reshape(3, 2), 'b': jnp.ones(2)}
+  state = opt.init(params)
+
+  def fitness_fn(pop):
+    return jax.vmap(
+      lambda n: -optax.tree.norm(pop.member_params(n), squared=True)
+    )(jnp.arange(8))
+
+  want, _ = opt.update(params, state, params, fitness_fn=fitness_fn, key=KEY)
+  pop = eg.eggroll_population(params, state, KEY)
+  got, _ = opt.update(params, state, params, fitness=fitness_fn(pop), key=KEY)
+  chex.assert_trees_all_close(got, want)
+  with pytest.raises(ValueError, match='exactly one of'):
+    opt.update(
+      params,
+      state,
+      params,
+      fitness_fn=fitness_fn,
+      fitness=jnp.zeros(8),
+      key=KEY,
+    )
 
 
 def test_rbg_key_is_refused():
