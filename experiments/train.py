@@ -6,6 +6,9 @@ Usage::
   python -m batchax.experiments.train \
       --config=digits_mlp --workdir runs/d \
       --config.optimizer.kwargs.learning_rate=0.01
+  python -m batchax.experiments.train --config=digits_mlp --print_config
+
+``--print_config`` prints every key of the resolved config and exits.
 
 A step is one optimizer update on a batch of ``batch_size`` examples, built
 from ``batch_size / micro_batch_size`` micro-batches of one fixed shape. Two
