@@ -13,8 +13,8 @@ the task ``rl_return`` scores each member of the population by its mean
 return over the batch's 8 episodes (500 steps each under ``lax.scan``), and
 the ``evolution`` hook hands those fitnesses to the update. Test metric:
 the centre policy's mean return over 64 held-out episode seeds.
-Full-rank OpenES is the same config with ``rank=None`` in the eggroll
-part (the reproduction's OpenES arm; the command line cannot set None).
+Full-rank OpenES (the reproduction's OpenES arm) is the same config with
+``rank=None``: ``--config=eggroll_cartpole:full_rank``.
 
 Measured (seed 0, one CPU device, about 2 minutes with compilation): the
 centre policy's test return is 336 after 20 generations, 482 after 40 and
@@ -29,7 +29,13 @@ from batchax.experiments.configs import default
 POPULATION = 128
 
 
-def get_config():
+def get_config(rank: str = '1'):
+  """``rank``: the perturbation rank, or ``'full_rank'`` for OpenES."""
+  if rank != 'full_rank' and not rank.isdigit():
+    raise ValueError(
+      f'The config argument is the perturbation rank (a positive integer) or '
+      f"'full_rank'; got {rank!r}."
+    )
   c = default.base_config()
   c.dataset.name = 'env_seeds'
   c.dataset.num_examples = 100_000
@@ -41,7 +47,12 @@ def get_config():
   c.optimizer.name = 'adam'
   c.optimizer.kwargs = dict(learning_rate=0.05)
   c.optimizer.before = (
-    default.part('eggroll', population_size=POPULATION, rank=1, sigma=0.1),
+    default.part(
+      'eggroll',
+      population_size=POPULATION,
+      rank=None if rank == 'full_rank' else int(rank),
+      sigma=0.1,
+    ),
   )
   c.hooks = (default.part('evolution', population_size=POPULATION),)
   c.batch_size = 8

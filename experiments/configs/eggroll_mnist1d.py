@@ -10,8 +10,8 @@ sigma=0.05), optax.adam(0.01))`` with the forward-only ``fitness`` task and
 the ``evolution`` hook: every generation the 256 members (128 antithetic
 pairs, rank-1 perturbations of both kernels, dense noise on the biases) are
 scored by minus their cross-entropy on the same batch of 64 examples.
-Full-rank OpenES is the same config with ``rank=None`` in the eggroll
-part (the reproduction's OpenES arm; the command line cannot set None). Results: docs/results/eggroll.md.
+Full-rank OpenES (the reproduction's OpenES arm) is the same config with
+``rank=None``: ``--config=eggroll_mnist1d:full_rank``. Results: docs/results/eggroll.md.
 
 Measured (seed 0, one CPU device, 28 s of CPU time): test accuracy 0.294
 after 200 generations, 0.347 after 400 and 0.369 after 600 (backprop Adam
@@ -26,7 +26,13 @@ from batchax.experiments.configs import default
 POPULATION = 256
 
 
-def get_config():
+def get_config(rank: str = '1'):
+  """``rank``: the perturbation rank, or ``'full_rank'`` for OpenES."""
+  if rank != 'full_rank' and not rank.isdigit():
+    raise ValueError(
+      f'The config argument is the perturbation rank (a positive integer) or '
+      f"'full_rank'; got {rank!r}."
+    )
   c = default.base_config()
   c.model.name = 'mlp'
   c.model.hidden = (128,)
@@ -34,7 +40,12 @@ def get_config():
   c.optimizer.name = 'adam'
   c.optimizer.kwargs = dict(learning_rate=0.01)
   c.optimizer.before = (
-    default.part('eggroll', population_size=POPULATION, rank=1, sigma=0.05),
+    default.part(
+      'eggroll',
+      population_size=POPULATION,
+      rank=None if rank == 'full_rank' else int(rank),
+      sigma=0.05,
+    ),
   )
   c.hooks = (default.part('evolution', population_size=POPULATION),)
   c.batch_size = 64
