@@ -147,5 +147,17 @@ def adaptive_batch(
   return c
 
 
+def perturbation_rank(arg: str) -> int | None:
+  """Config argument ``'<r>'`` or ``'full_rank'`` (None) as an ES rank."""
+  if arg == 'full_rank':
+    return None
+  if not arg.isdigit() or int(arg) < 1:
+    raise ValueError(
+      'The config argument is the perturbation rank (a positive integer) or '
+      f"'full_rank'; got {arg!r}."
+    )
+  return int(arg)
+
+
 def get_config() -> ml_collections.ConfigDict:
   return base_config()

@@ -31,11 +31,6 @@ POPULATION = 128
 
 def get_config(rank: str = '1'):
   """``rank``: the perturbation rank, or ``'full_rank'`` for OpenES."""
-  if rank != 'full_rank' and not rank.isdigit():
-    raise ValueError(
-      f'The config argument is the perturbation rank (a positive integer) or '
-      f"'full_rank'; got {rank!r}."
-    )
   c = default.base_config()
   c.dataset.name = 'env_seeds'
   c.dataset.num_examples = 100_000
@@ -50,7 +45,7 @@ def get_config(rank: str = '1'):
     default.part(
       'eggroll',
       population_size=POPULATION,
-      rank=None if rank == 'full_rank' else int(rank),
+      rank=default.perturbation_rank(rank),
       sigma=0.1,
     ),
   )

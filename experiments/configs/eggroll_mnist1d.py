@@ -28,11 +28,6 @@ POPULATION = 256
 
 def get_config(rank: str = '1'):
   """``rank``: the perturbation rank, or ``'full_rank'`` for OpenES."""
-  if rank != 'full_rank' and not rank.isdigit():
-    raise ValueError(
-      f'The config argument is the perturbation rank (a positive integer) or '
-      f"'full_rank'; got {rank!r}."
-    )
   c = default.base_config()
   c.model.name = 'mlp'
   c.model.hidden = (128,)
@@ -43,7 +38,7 @@ def get_config(rank: str = '1'):
     default.part(
       'eggroll',
       population_size=POPULATION,
-      rank=None if rank == 'full_rank' else int(rank),
+      rank=default.perturbation_rank(rank),
       sigma=0.05,
     ),
   )
