@@ -11,8 +11,10 @@ inputs and outputs of ``jax.jit`` (what pjit did); every mode below works.
 part of the array types and a mismatch is a type error. The trainer runs
 under it for the models of ``experiments/models.py`` with data parallelism
 and FSDP: :func:`for_compute` all-gathers the FSDP-sharded params at the
-start of every forward pass (ZeRO-3; the transpose reduce-scatters the
-gradients), so the stock layers only ever see replicated weights.
+start of every forward pass and for the hooks (ZeRO-3; the transpose
+reduce-scatters the gradients), so the stock layers only ever see
+replicated weights. The optimizers keep their state's sharding types
+(``tests/optimizer_contract.py``, ``fsdp_sharding``).
 Tensor parallelism needs Auto axes, because its activations change sharding
 inside the stock layers (reshapes of a ``model``-sharded feature axis into
 heads), which Explicit axes would require the model code to annotate; a
@@ -64,6 +66,9 @@ trainer's gradient accumulator, ``init_params``) gets its parameter's spec.
   keeps, the hook's ``[N]`` fitness accumulator (``hooks/fitness``), is
   sharded the same way (:func:`population_spec`) so accumulating a
   micro-batch's fitness moves nothing.
+* Gradient-statistics projections (``proj_mean [k]``, ``proj_m2 [k, k]``
+  of the AdAdaGrad hooks, ``k`` a few random directions): replicated; they
+  are tiny and their outer-product updates want whole vectors.
 * Model state (BatchNorm, Ghost BatchNorm and UnMix-TNS statistics, under
   ``model_state``): replicated. These are per-channel vectors updated from
   cross-device means each step; sharding them saves little and would add a
@@ -228,6 +233,7 @@ RULES: tuple[Rule, ...] = (
   (_END + r'model_state/', replicated_spec),
   (_END + r'(?:a_inv|g_inv|a_cov|g_cov)$', factor_spec),
   (_END + r'hooks/fitness$', population_spec),
+  (_END + r'proj_(?:mean|m2)$', replicated_spec),
 )
 TENSOR_PARALLEL_RULES: tuple[Rule, ...] = (
   (_END + r'(?:q_proj|k_proj|v_proj|gate_proj|up_proj)/kernel$', column_spec),

@@ -244,7 +244,7 @@ class Trainer:
       return self.task.loss(p, model_state, b, micro_key)
 
     return hooks_lib.Context(
-      params=state['params'],
+      params=sharding.for_compute(state['params'], self.mesh),
       batch=batch,
       loss_fn=loss_fn,
       apply_fn=self.model.apply,

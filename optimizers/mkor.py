@@ -537,7 +537,10 @@ def _kernel_matrix(kernel, bias, dtype):
   mat = kernel.reshape(-1, kernel.shape[-1]).astype(dtype)
   if bias is None:
     return mat
-  return jnp.concatenate([mat, bias.reshape(1, -1).astype(dtype)], 0)
+  # Under explicit axes the operands of a concatenation need one sharding,
+  # which a one-row bias cannot share with a row-sharded kernel.
+  bias = bias.reshape(1, -1).astype(dtype)
+  return jnp.concatenate([_gathered(mat), _gathered(bias)], 0)
 
 
 def _match_sharding(x, ref):

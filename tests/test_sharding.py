@@ -16,7 +16,12 @@ from jax.sharding import PartitionSpec as P
 from batchax import optimizers as bo
 from batchax.experiments import data, sharding, train
 from batchax.experiments.architectures import llama
-from batchax.experiments.configs import digits_mlp, frugal_lm_tiny
+from batchax.experiments.configs import (
+  adadagrad_mnist1d,
+  digits_mlp,
+  frugal_lm_tiny,
+  mkor_mnist1d,
+)
 from batchax.experiments.reproductions.table import apply_overrides
 
 MIN_SIZE = 1024
@@ -214,6 +219,30 @@ def test_explicit_axes_fsdp_equals_auto(model):
   np.testing.assert_allclose(explicit, auto, rtol=1e-5)
   dataset = data.load(trainer.config.dataset)
   assert np.isfinite(trainer.evaluate(state, dataset.test)['test_loss'])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  'config', [mkor_mnist1d, adadagrad_mnist1d], ids=['mkor', 'adadagrad']
+)
+def test_explicit_axes_with_hooks_equal_auto(config):
+  """Layer and gradient statistics hooks under Explicit axes and FSDP."""
+  losses = {}
+  for kind in ('auto', 'explicit'):
+    c = apply_overrides(
+      config.get_config(),
+      {
+        'mesh.data': 2,
+        'mesh.fsdp': 4,
+        'mesh.min_fsdp_size': 1,
+        'mesh.axis_types': kind,
+        'batch_size': 32,
+        'micro_batch_size': 32,
+        'model.hidden': (16,),
+      },
+    )
+    losses[kind] = _run(c, steps=2)[2]
+  np.testing.assert_allclose(losses['explicit'], losses['auto'], rtol=1e-5)
 
 
 def test_explicit_axes_refuse_tensor_parallelism():
