@@ -43,7 +43,8 @@ trainer's gradient accumulator, ``init_params``) gets its parameter's spec.
   the array is large enough, else ``None``. Heads then live on their
   ``model`` shard and one all-reduce per block half combines the row-split
   products. Embedding, head and norms follow the shape rule (replicated over
-  ``model``). Any model whose layers carry these names gets the split.
+  ``model``). Any model whose layers carry these names gets the split, e.g.
+  ``--config=frugal_lm_tiny --config.mesh.model=2`` (data takes the rest).
 * MKOR / KFAC factors (``a_inv``, ``g_inv``, ``a_cov``, ``g_cov``,
   ``[d, d]``): sharded over ``fsdp`` along their rows, as the weight they
   precondition is sharded along one of its dimensions, when ``d`` is
