@@ -217,7 +217,9 @@ class Trainer:
   def _zero_accumulator(self, state) -> dict[str, Any]:
     params = state['params']
     means = jax.eval_shape(
-      lambda p, s, b: self.task.loss(p, s, b, jax.random.key(0))[1][0],
+      lambda p, s, b: self.task.loss(
+        sharding.for_compute(p, self.mesh), s, b, jax.random.key(0)
+      )[1][0],
       params,
       state['model_state'],
       self.batch_spec,
@@ -238,10 +240,11 @@ class Trainer:
     micro_key = jax.random.fold_in(key, micro_index)
 
     def loss_fn(p, b):
+      p = sharding.for_compute(p, self.mesh)  # Explicit axes: gather FSDP.
       return self.task.loss(p, model_state, b, micro_key)
 
     return hooks_lib.Context(
-      params=state['params'],
+      params=sharding.for_compute(state['params'], self.mesh),
       batch=batch,
       loss_fn=loss_fn,
       apply_fn=self.model.apply,
@@ -338,7 +341,8 @@ class Trainer:
     return new_state, metrics
 
   def _eval_step(self, state, model_state, batch, mask):
-    return self.task.eval_sums(state['params'], model_state, batch, mask)
+    params = sharding.for_compute(state['params'], self.mesh)
+    return self.task.eval_sums(params, model_state, batch, mask)
 
   # Loops -------------------------------------------------------------------
 

@@ -409,8 +409,10 @@ def scale_by_kfac(
   def invert(layer_states):
     new = []
     for ls in layer_states:
-      a_cov = ls.a_cov.astype(compute)
-      g_cov = ls.g_cov.astype(compute)
+      # The whole factor: Cholesky and eigh need it, and jnp.trace of an
+      # explicitly sharded matrix is a sharding type error.
+      a_cov = _mkor._gathered(ls.a_cov.astype(compute))
+      g_cov = _mkor._gathered(ls.g_cov.astype(compute))
       pi = _pi(a_cov, g_cov) if pi_damping else 1.0
       root = jnp.sqrt(jnp.asarray(damping, compute))
       a_inv = damped_inverse(a_cov, pi * root, inverse).astype(storage)
@@ -427,8 +429,11 @@ def scale_by_kfac(
     out = []
     for ls, (gk, gb) in zip(layer_states, grads_by_layer):
       mat = _mkor._kernel_matrix(gk, gb, compute)
-      u = ls.a_inv.astype(compute) @ mat @ ls.g_inv.astype(compute)
-      u = _mkor._match_sharding(u, mat)
+      # The inverses are exactly symmetric; their transposes (as in MKOR)
+      # contract a row-sharded factor over its unsharded axis, which
+      # explicit mesh axes require.
+      a_inv = ls.a_inv.astype(compute).T
+      u = _mkor._match_sharding(a_inv @ mat @ ls.g_inv.astype(compute).T, mat)
       k = gk.size // gk.shape[-1]
       if rescale:
         num = _mkor._norm(mat[:k]) + (

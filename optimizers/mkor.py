@@ -102,6 +102,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax import lax
+from jax.sharding import PartitionSpec as P
 
 PyTree = Any
 Path = tuple[str, ...]
@@ -418,13 +419,18 @@ def sherman_morrison(m: jax.Array, v: jax.Array) -> jax.Array:
     Array([[0.5, 0. ],
            [0. , 1. ]], dtype=float32)
   """
+  # Under Explicit axes a row-sharded m gives a sharded u, and an outer
+  # product (or dot) of two vectors sharded over one axis is a type error.
+  v = _gathered(v)
   u = m @ v
-  return m - jnp.outer(u, u) / (1.0 + jnp.dot(v, u))
+  outer = jnp.outer(u, _gathered(u))
+  return m - outer / (1.0 + jnp.dot(v, u))
 
 
 def _refresh_factor(f, v, reset, *, blend, reset_mode, stabilization_factor):
   """One refresh of an inverse factor: reset, or SM on the damped factor."""
-  eye = jnp.eye(f.shape[0], dtype=f.dtype)
+  # Laid out like f, so both branches of the reset have f's sharding type.
+  eye = _match_sharding(jnp.eye(f.shape[0], dtype=f.dtype), f)
   if reset_mode == 'identity':
     f_reset = eye
   else:
@@ -531,7 +537,10 @@ def _kernel_matrix(kernel, bias, dtype):
   mat = kernel.reshape(-1, kernel.shape[-1]).astype(dtype)
   if bias is None:
     return mat
-  return jnp.concatenate([mat, bias.reshape(1, -1).astype(dtype)], 0)
+  # Under explicit axes the operands of a concatenation need one sharding,
+  # which a one-row bias cannot share with a row-sharded kernel.
+  bias = bias.reshape(1, -1).astype(dtype)
+  return jnp.concatenate([_gathered(mat), _gathered(bias)], 0)
 
 
 def _match_sharding(x, ref):
@@ -547,6 +556,19 @@ def _match_sharding(x, ref):
   if not any(t == jax.sharding.AxisType.Explicit for t in mesh.axis_types):
     return x
   return jax.reshard(x, sharding)
+
+
+def _gathered(x):
+  """``x`` replicated (all-gathered) under an explicit-axes mesh, else as is.
+
+  A dot or outer product of two vectors sharded over one mesh axis is a
+  sharding type error under explicit axes.
+  """
+  sharding = jax.typeof(x).sharding
+  spec = getattr(sharding, 'spec', None)
+  if spec is None or all(a is None for a in spec):
+    return x
+  return jax.reshard(x, jax.sharding.NamedSharding(sharding.mesh, P()))
 
 
 def _norm(x):

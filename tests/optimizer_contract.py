@@ -24,6 +24,10 @@ Sharding: the sharding check uses ``jax.make_mesh((8,), ('data',))`` with
 explicit axis types (the default since jax 0.9), the mode where a sharding
 mistake is a type error rather than a silent reshard, and shards the params
 on their last axis as optax's own sharding tests do; the batch is replicated.
+The FSDP check creates params and state with the trainer's sharding rules
+(``experiments/sharding.py``) on a ``('data', 'fsdp', 'model')`` mesh of
+sizes ``(1, 8, 1)`` with Explicit axes and checks that jitted updates keep
+every state array's sharding.
 """
 
 from __future__ import annotations
@@ -38,6 +42,8 @@ import numpy as np
 import optax
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
+
+from batchax.experiments import sharding as sharding_rules
 
 PyTree = Any
 Oracle = Callable[[Callable, PyTree, PyTree], tuple[PyTree, dict]]
@@ -299,6 +305,51 @@ def check_sharding(case: Case):
     assert updates['w'].sharding.spec == P(None, 'data'), case.name
 
 
+def _fsdp_mesh():
+  return jax.make_mesh(
+    (1, 8, 1),
+    sharding_rules.AXES,
+    axis_types=(jax.sharding.AxisType.Explicit,) * 3,
+  )
+
+
+def check_fsdp_sharding(case: Case):
+  """FSDP state from the trainer's sharding rules survives jitted updates.
+
+  Params and state are created as the trainer creates them: shardings from
+  ``experiments/sharding.py`` on ``jax.eval_shape`` of ``init`` (every array
+  sharded over ``fsdp`` where an axis divides, ``min_fsdp_size=1``; square
+  factors by rows), state made by ``jit(init, out_shardings=...)``. Under
+  Explicit axes, where a sharding is part of the type, two jitted steps
+  without ``out_shardings`` must return state of the same types and
+  shardings (Auto axes would let XLA reshard silently; the trainer pins
+  them there with ``out_shardings``).
+  """
+  mesh = _fsdp_mesh()
+  with jax.set_mesh(mesh):
+    opt = case.make()
+    params = init_params()
+    params = jax.device_put(
+      params, sharding_rules.tree_shardings(params, mesh, 1)
+    )
+    assert params['w'].sharding.spec == P(None, 'fsdp'), case.name
+    abstract = jax.eval_shape(opt.init, params)
+    shardings = sharding_rules.tree_shardings(abstract, mesh, 1)
+    state = jax.jit(opt.init, out_shardings=shardings)(params)
+    before = jax.tree.map(jax.typeof, state)
+    step = jax.jit(_make_step(opt, case.oracle))
+    for key in _keys(2):
+      params, state, _ = step(params, state, sample_batch(key))
+    assert jax.tree.map(jax.typeof, state) == before, case.name
+    got = jax.tree_util.tree_flatten_with_path(state)[0]
+    for (path, x), want in zip(got, jax.tree.leaves(shardings)):
+      assert x.sharding.is_equivalent_to(want, x.ndim), (
+        f'{case.name}: state{jax.tree_util.keystr(path)} {x.shape} has '
+        f'{x.sharding.spec}, created as {want.spec}'
+      )
+    assert params['w'].sharding.spec == P(None, 'fsdp'), case.name
+
+
 def check_convergence(case: Case):
   """Loss on the noisy linear regression drops near the noise floor.
 
@@ -335,6 +386,7 @@ CHECKS = {
   'apply_if_finite': check_apply_if_finite,
   'abstract_init': check_abstract_init,
   'sharding': check_sharding,
+  'fsdp_sharding': check_fsdp_sharding,
   'convergence': check_convergence,
 }
 

@@ -100,6 +100,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(
     dict(data=-1, fsdp=1, model=1, devices=-1, min_fsdp_size=2**14)
   )
+  # 'auto' or 'explicit' axis types; model > 1 splits the LLaMA attention
+  # and MLP matrices (tensor parallelism). See experiments/sharding.py.
+  c.mesh.axis_types = 'auto'
   return c
 
 
