@@ -22,6 +22,9 @@
 #   BATCHAX_MODULE  Python module to run (default batchax.experiments.train;
 #                   the tests run tests/multihost_driver.py this way).
 #   PYTHON          interpreter (default python).
+#   NPROC           threads of XLA's CPU pool per process (default 64: with
+#                   fewer, collectives of many devices can deadlock; see
+#                   docs/multihost.md).
 #   Sets JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (read by
 #   --distributed) and JAX_PLATFORMS=cpu for each process.
 #
@@ -42,7 +45,7 @@ flags=$(sed 's/--xla_force_host_platform_device_count=[0-9]*//g' <<<"${XLA_FLAGS
 pids=()
 for ((i = 0; i < n; i++)); do
   JAX_COORDINATOR_ADDRESS="localhost:${port}" JAX_NUM_PROCESSES="$n" \
-    JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu \
+    JAX_PROCESS_ID="$i" JAX_PLATFORMS=cpu NPROC="${NPROC:-64}" \
     XLA_FLAGS="${flags} --xla_force_host_platform_device_count=${devices}" \
     "$python" -m "$module" --distributed "$@" &
   pids+=($!)

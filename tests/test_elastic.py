@@ -20,10 +20,11 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from batchax.experiments import metrics
+from batchax.experiments import data, metrics, sharding, train
 
 TESTS = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TESTS)
@@ -159,3 +160,17 @@ def test_multihost_training_and_elastic_resume(tmp_path):
     _assert_same_run(root, 'multi', name)
   _check_resumed(root, 'multi_resumed')  # Written by 2 processes, then 1.
   _check_resumed(root, 'single_on_2')  # Written on 8 devices, then on 2.
+
+
+def test_process_rows_follow_the_mesh_and_feed_the_iterator():
+  """Rows come from the batch sharding; the iterator and eval load them."""
+  config = driver.get_config('adam')
+  mesh = sharding.make_mesh(config.mesh, jax.devices()[::-1])
+  np.testing.assert_array_equal(train.process_rows(mesh, 16), np.arange(16))
+  source = data.ArraySource(np.arange(40.0)[:, None], np.arange(40))
+  whole = data.MicroBatchIterator(source, 8, seed=0).next_batch(16)
+  half = data.MicroBatchIterator(source, 8, 0, rows=np.arange(4, 8))
+  for got, want in zip(half.next_batch(16), whole):
+    np.testing.assert_array_equal(got[1], want[1][4:])
+  (x, y, mask), *_ = data.eval_batches(source, 8, rows=np.arange(2, 6))
+  np.testing.assert_array_equal(y, np.arange(2, 6))
