@@ -270,6 +270,10 @@ class MicroBatchIterator:
     seed: shuffling seed.
     cursor: examples of the stream consumed so far (the checkpointed state).
     process_index, process_count: this process's slice of each micro-batch.
+    rows: if given, the rows of each global micro-batch this process loads
+      instead (e.g. ``train.process_rows``: where the mesh puts this
+      process's devices), so the global batch does not depend on the
+      process count or on how the mesh orders the processes.
   """
 
   source: ArraySource | TfdsSource
@@ -278,6 +282,7 @@ class MicroBatchIterator:
   cursor: int = 0
   process_index: int = 0
   process_count: int = 1
+  rows: np.ndarray | None = None
 
   def next_batch(self, batch_size: int) -> list[tuple[np.ndarray, ...]]:
     """The next ``batch_size`` examples as this process's micro-batches."""
@@ -286,9 +291,11 @@ class MicroBatchIterator:
         f'Batch size {batch_size} is not a multiple of the micro-batch size '
         f'{self.micro_batch_size}.'
       )
-    rows = process_slice(
-      self.micro_batch_size, self.process_index, self.process_count
-    )
+    rows = self.rows
+    if rows is None:
+      rows = process_slice(
+        self.micro_batch_size, self.process_index, self.process_count
+      )
     micro = []
     for start in range(0, batch_size, self.micro_batch_size):
       idx = stream_indices(
@@ -307,14 +314,18 @@ def eval_batches(
   batch_size: int,
   process_index: int = 0,
   process_count: int = 1,
+  rows: np.ndarray | None = None,
 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """Yields ``(x, y, mask)`` over the whole source in fixed-shape batches.
 
   The last batch is padded with repeats of the first rows and masked out, so
-  evaluation compiles once and counts every example exactly once.
+  evaluation compiles once and counts every example exactly once. This
+  process loads ``rows`` of each batch if given (as
+  ``MicroBatchIterator.rows``), else its ``process_slice``.
   """
   n = len(source)
-  rows = process_slice(batch_size, process_index, process_count)
+  if rows is None:
+    rows = process_slice(batch_size, process_index, process_count)
   for start in range(0, n, batch_size):
     idx = np.arange(start, start + batch_size)
     mask = idx < n

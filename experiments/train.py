@@ -57,7 +57,9 @@ from batchax.experiments import metrics as metrics_lib
 # Keys that may differ between a run and the checkpoint it resumes from:
 # they change how a run is observed or how long it goes on, not what the
 # steps already taken computed. (A longer run changes schedules that depend
-# on its length from the resumed step on.)
+# on its length from the resumed step on.) The mesh only lays the same
+# computation out over other devices: a run resumes on another number of
+# devices or processes (elastic resume; restored into the new shardings).
 _RESUMABLE_KEYS = (
   'progress',
   'log_every',
@@ -66,6 +68,7 @@ _RESUMABLE_KEYS = (
   'max_to_keep',
   'num_train_steps',
   'sample_budget',
+  'mesh',
 )
 
 
@@ -377,8 +380,7 @@ class Trainer:
     for x, y, mask in data_lib.eval_batches(
       source,
       self.config.eval_batch_size,
-      jax.process_index(),
-      jax.process_count(),
+      rows=process_rows(self.mesh, self.config.eval_batch_size),
     ):
       x, y, mask = sharding.global_batch((x, y, mask), self.mesh)
       sums, new_state = self.eval_step(state, model_state, (x, y), mask)
@@ -387,6 +389,28 @@ class Trainer:
       for k, v in jax.device_get(sums).items():
         totals[k] = totals.get(k, 0) + v
     return self.task.eval_metrics(totals)
+
+
+def process_rows(mesh, global_size: int) -> np.ndarray:
+  """The rows of a global batch of ``global_size`` this process loads.
+
+  The rows its devices hold under the batch sharding, in the order
+  ``jax.make_array_from_process_local_data`` reads them (by position in the
+  global batch). Row ``i`` of every global batch is then the same example
+  whatever the number of processes and however the mesh orders their
+  devices (a mesh may interleave processes, or replicate the batch over
+  processes along ``model``); one process loads every row.
+  """
+  indices = sharding.batch_sharding(mesh).addressable_devices_indices_map(
+    (global_size,)
+  )
+  ranges = sorted(
+    {
+      (i[0].start or 0, global_size if i[0].stop is None else i[0].stop)
+      for i in indices.values()
+    }
+  )
+  return np.concatenate([np.arange(a, b) for a, b in ranges])
 
 
 def validate_config(config, mesh) -> None:
@@ -500,8 +524,7 @@ def train_and_evaluate(
     dataset.train,
     config.micro_batch_size,
     config.seed,
-    process_index=jax.process_index(),
-    process_count=jax.process_count(),
+    rows=process_rows(mesh, config.micro_batch_size),
   )
   latest = checkpointer.latest_step()
   if latest is None:
