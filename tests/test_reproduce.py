@@ -155,3 +155,19 @@ def test_table_flag_accepts_all():
   assert reproduce.ALL not in reproduce.TABLES
   flag = reproduce.flags.FLAGS['table']
   assert set(flag.parser.enum_values) == {*reproduce.TABLES, reproduce.ALL}
+
+
+@pytest.mark.parametrize(
+  'name,key',
+  [('eggroll', 'test_accuracy'), ('eggroll_cartpole', 'test_return')],
+)
+def test_eggroll_plots_land_in_out_dir(tmp_path, name, key):
+  # reproduce hands plot() the prefix <out_dir>/<table>, not a directory.
+  table = reproduce.load_table(name)
+  results = {
+    a.name: [[{'step': 1, key: 0.5}, {'step': 2, key: 0.75}]]
+    for a in table.arms
+  }
+  paths = table.plot(results, str(tmp_path / table.name))
+  assert paths and all(os.path.dirname(p) == str(tmp_path) for p in paths)
+  assert all(os.path.exists(p) for p in paths)
