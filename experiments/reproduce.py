@@ -5,6 +5,7 @@ Usage::
   python -m batchax.experiments.reproduce --table=ghost_bn
   python -m batchax.experiments.reproduce --table=ghost_bn --quick
   python -m batchax.experiments.reproduce --table=adadagrad --update_docs
+  python -m batchax.experiments.reproduce --table=all --quick
 
 Each table (``experiments/reproductions/<name>.py``, found by its module
 defining ``TABLE``; adding a table is adding a file) defines a base config,
@@ -20,7 +21,10 @@ PNGs go to ``--out_dir`` (default ``runs/reproduce/<table>``);
 this script touches tracked files.
 ``--quick`` is a smoke test: one seed, the table's tiny budget (its
 ``quick`` overrides), in ``runs/reproduce/<table>-quick``; its numbers mean
-nothing, and it never updates the docs.
+nothing, and it never updates the docs. ``--table=all`` runs every table
+in turn, each in its own ``<out_dir>/<table>`` (hours at CPU scale; with
+``--quick`` a smoke test of every table, with ``--update_docs`` it
+regenerates every page and figure of ``docs/results/``).
 """
 
 from __future__ import annotations
@@ -233,13 +237,17 @@ def reproduce(
   return results
 
 
-_TABLE = flags.DEFINE_enum('table', None, TABLES, 'Which table to reproduce.')
+ALL = 'all'
+_TABLE = flags.DEFINE_enum(
+  'table', None, (*TABLES, ALL), f'Which table to reproduce ({ALL!r}: each).'
+)
 _SEEDS = flags.DEFINE_integer('seeds', None, 'Seeds per arm (table default).')
 _OUT = flags.DEFINE_string(
   'out_dir',
   None,
   'Runs, page and plots (default runs/reproduce/<table>, or '
-  'runs/reproduce/<table>-quick with --quick).',
+  'runs/reproduce/<table>-quick with --quick); with --table=all, each '
+  'table in <out_dir>/<table>.',
 )
 _QUICK = flags.DEFINE_bool(
   'quick', False, 'Smoke test: one seed, a budget of seconds per arm.'
@@ -249,10 +257,64 @@ _UPDATE_DOCS = flags.DEFINE_bool(
 )
 
 
+def reproduce_all(
+  names: Sequence[str],
+  out_dir: str | None,
+  seeds: int | None = None,
+  *,
+  quick: bool = False,
+  update_docs: bool = False,
+) -> dict[str, float]:
+  """Reproduces each table in turn; returns each one's wall time (seconds).
+
+  Args:
+    names: tables to run, in order (``TABLES`` for ``--table=all``).
+    out_dir: each table goes to ``<out_dir>/<table>``; ``None`` gives
+      ``runs/reproduce/<table>`` (``<table>-quick`` with ``quick``).
+    seeds: seeds per arm (default: each table's; 1 with ``quick``).
+    quick: each table's smoke-test budget, one seed.
+    update_docs: also copy every page and PNG into ``docs/results/``.
+  """
+  times = {}
+  for name in names:
+    start = time.time()
+    if out_dir is None:
+      table_dir = os.path.join(
+        'runs', 'reproduce', name + ('-quick' if quick else '')
+      )
+    else:
+      table_dir = os.path.join(out_dir, name)
+    reproduce(
+      load_table(name),
+      table_dir,
+      seeds,
+      quick=quick,
+      update_docs=update_docs,
+    )
+    times[name] = time.time() - start
+    print(
+      f'== {name}: {_duration(times[name])} ({len(times)}/{len(names)} tables)',
+      file=sys.stderr,
+      flush=True,
+    )
+  return times
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)
   name = _TABLE.value
+  if name == ALL:
+    if _QUICK.value and _UPDATE_DOCS.value:
+      raise app.UsageError('--quick runs are smoke tests; never --update_docs.')
+    reproduce_all(
+      TABLES,
+      _OUT.value,
+      _SEEDS.value,
+      quick=_QUICK.value,
+      update_docs=_UPDATE_DOCS.value,
+    )
+    return
   out_dir = _OUT.value or os.path.join(
     'runs', 'reproduce', name + ('-quick' if _QUICK.value else '')
   )

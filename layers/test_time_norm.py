@@ -292,6 +292,19 @@ def tent_labels(
 
   Returns:
     A pytree of strings shaped like ``variables['params']``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from flax import linen as nn
+    >>> import batchax.layers as bl
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(2)(nn.BatchNorm(use_running_average=True)(x))
+    >>> variables = Net().init(jax.random.key(0), jnp.ones((4, 3)))
+    >>> bl.tent_labels(variables)  # doctest: +NORMALIZE_WHITESPACE
+    {'BatchNorm_0': {'bias': 'adapt', 'scale': 'adapt'},
+     'Dense_0': {'bias': 'freeze', 'kernel': 'freeze'}}
   """
   stat_paths = set()
   for name in collections:
@@ -323,6 +336,23 @@ def tent_optimizer(
 
   Returns:
     An optax transformation over ``variables['params']``.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> from flax import linen as nn
+    >>> import batchax.layers as bl
+    >>> class Net(nn.Module):
+    ...   @nn.compact
+    ...   def __call__(self, x):
+    ...     return nn.Dense(2)(nn.BatchNorm(use_running_average=True)(x))
+    >>> variables = Net().init(jax.random.key(0), jnp.ones((4, 3)))
+    >>> tx = bl.tent_optimizer(optax.sgd(0.1), variables)
+    >>> grads = jax.tree.map(jnp.ones_like, variables['params'])
+    >>> updates, _ = tx.update(grads, tx.init(variables['params']))
+    >>> float(jnp.abs(updates['Dense_0']['kernel']).max())  # Frozen.
+    0.0
+    >>> [round(u, 3) for u in updates['BatchNorm_0']['scale'].tolist()]
+    [-0.1, -0.1, -0.1]
   """
   return optax.multi_transform(
     {'adapt': tx, 'freeze': optax.set_to_zero()}, tent_labels(variables)

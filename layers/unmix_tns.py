@@ -219,6 +219,16 @@ def instance_stats(
 
   Returns:
     ``(m, v)``, each of shape ``[B, C]``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.layers as bl
+    >>> x = jnp.arange(12.).reshape(2, 3, 2)  # [B, T, C]
+    >>> mean, var = bl.instance_stats(x)  # Over T, per instance and channel.
+    >>> mean.tolist()
+    [[2.0, 3.0], [8.0, 9.0]]
+    >>> [[round(v, 4) for v in row] for row in var.tolist()]
+    [[2.6667, 2.6667], [2.6667, 2.6667]]
   """
   feature_axis = _feature_axis(x.ndim, axis)
   reduction = tuple(i for i in range(1, x.ndim) if i != feature_axis)

@@ -115,6 +115,16 @@ def requested_batch_size(
   Raises:
     ValueError: for an unknown test, or the coordinate test on statistics
       without ``m2``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])  # 4 examples.
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> stats = bo.gradient_statistics(loss_fn, jnp.zeros(2), x)
+    >>> # S_norm = 16 / 3 (per-example gradients -2x), G = 8: 16/3 / (0.25 * 8).
+    >>> round(float(bo.requested_batch_size(stats, 'norm', eta=0.5)), 4)
+    2.6667
   """
   if test not in TESTS:
     raise ValueError(f'Unknown test {test!r}; expected one of {TESTS}.')
@@ -159,6 +169,17 @@ class AdaptiveBatchSizeState(NamedTuple):
     requested_batch_size: float32 scalar, the last test's raw request (before
       rounding, capping and the monotone max; ``inf`` when the mean gradient
       was zero but noisy), for logging.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> tx = bo.adaptive_batch_size('norm', initial_batch_size=4,
+    ...                             max_batch_size=64, micro_batch_size=4)
+    >>> state = tx.init(jnp.zeros(2))
+    >>> isinstance(state, bo.AdaptiveBatchSizeState)
+    True
+    >>> int(state.count), int(state.batch_size)
+    (0, 4)
   """
 
   count: jax.Array
@@ -411,6 +432,16 @@ def get_batch_size(opt_state: PyTree) -> jax.Array:
 
   Raises:
     ValueError: if ``opt_state`` holds no or several such states.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import batchax.optimizers as bo
+    >>> opt = optax.chain(
+    ...     bo.adaptive_batch_size('norm', initial_batch_size=8,
+    ...                            max_batch_size=64, micro_batch_size=8),
+    ...     optax.sgd(0.1))
+    >>> int(bo.get_batch_size(opt.init(jnp.zeros(3))))
+    8
   """
   found = otu.tree_get_all_with_path(
     opt_state,

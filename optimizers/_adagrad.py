@@ -51,6 +51,15 @@ class ScaleByAdagradState(NamedTuple):
   Attributes:
     sum_of_squares: float32 pytree like the params, the running sum of squared
       gradients.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> tx = bo.scale_by_adagrad()
+    >>> state = tx.init({'w': jnp.zeros(2)})
+    >>> _, state = tx.update({'w': jnp.array([1., 2.])}, state)
+    >>> state.sum_of_squares['w'].tolist()
+    [1.0, 4.0]
   """
 
   sum_of_squares: PyTree
@@ -134,6 +143,14 @@ class ScaleByAdagradNormState(NamedTuple):
       pytree with one float32 vector per leaf: one entry per output row for
       leaves with ``ndim >= 2``, one per entry for 1-D leaves, a scalar for
       0-D leaves.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> tx = bo.scale_by_adagrad_norm()  # One scalar accumulator.
+    >>> _, state = tx.update(jnp.array([3., 4.]), tx.init(jnp.zeros(2)))
+    >>> round(float(state.accumulator), 2)  # 0.01 initial + 3^2 + 4^2.
+    25.01
   """
 
   accumulator: PyTree

@@ -86,6 +86,15 @@ class GradientStatistics(NamedTuple):
   All fields merge exactly (in exact arithmetic) with
   :func:`merge_gradient_statistics`; the projection fields only when every
   merged part used the same direction.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])  # 4 examples.
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> stats = bo.gradient_statistics(loss_fn, jnp.zeros(2), x)
+    >>> int(stats.count), stats.mean.tolist()
+    (4, [-2.0, -2.0])
   """
 
   count: jax.Array
@@ -114,6 +123,17 @@ def zero_gradient_statistics(
   Returns:
     Statistics with ``count = 0`` that leave any statistics unchanged when
     merged.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])  # 4 examples.
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> stats = bo.gradient_statistics(loss_fn, jnp.zeros(2), x)
+    >>> zero = bo.zero_gradient_statistics(jnp.zeros(2))
+    >>> merged = bo.merge_gradient_statistics(zero, stats)  # The identity.
+    >>> int(zero.count), int(merged.count), bo.mean_gradient(merged).tolist()
+    (0, 4, [-2.0, -2.0])
   """
   num_leaves = len(jax.tree.leaves(params))
 
@@ -221,6 +241,15 @@ def mean_gradient(grad_stats: GradientStatistics, like: PyTree = None):
 
   Returns:
     The batch gradient, float32 unless ``like`` is given.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])  # 4 examples.
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> stats = bo.gradient_statistics(loss_fn, jnp.zeros(2), x)
+    >>> bo.mean_gradient(stats).tolist()
+    [-2.0, -2.0]
   """
   if like is None:
     return grad_stats.mean
@@ -383,6 +412,20 @@ def gradient_statistics(
       updates, opt_state = opt.update(
           grads, opt_state, params, grad_stats=stats, batch_size=batch_size)
 
+    Merged micro-batches give the statistics of the whole batch:
+
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> params = jnp.zeros(2)
+    >>> whole = bo.gradient_statistics(loss_fn, params, x)
+    >>> parts = bo.merge_gradient_statistics(
+    ...     bo.gradient_statistics(loss_fn, params, x[:2]),
+    ...     bo.gradient_statistics(loss_fn, params, x[2:]))
+    >>> bool(jnp.allclose(whole.sq_dev, parts.sq_dev)), int(parts.count)
+    (True, 4)
+
   References:
     Lau, Liu and Kolar, `AdAdaGrad: Adaptive Batch Size Schemes for Adaptive
     Gradient Methods <https://arxiv.org/abs/2402.11215>`_, 2024.
@@ -472,6 +515,18 @@ class NoiseStatistics(NamedTuple):
     orth_var: :math:`S_{orth}`, the total variance of the component of
       :math:`\nabla f_i` orthogonal to :math:`\bar g` (global), or to each
       leaf's :math:`\bar g^{(l)}` (layer-wise).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])  # 4 examples.
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> stats = bo.gradient_statistics(loss_fn, jnp.zeros(2), x)
+    >>> noise = bo.noise_statistics(stats)
+    >>> isinstance(noise, bo.NoiseStatistics)
+    True
+    >>> float(noise.grad_sq_norm), round(float(noise.norm_var), 4)
+    (8.0, 5.3333)
   """
 
   grad_sq_norm: jax.Array
@@ -515,6 +570,17 @@ def noise_statistics(
 
   Returns:
     A :class:`NoiseStatistics`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> x = jnp.array([[0., 2.], [2., 0.], [1., 1.], [1., 1.]])  # 4 examples.
+    >>> loss_fn = lambda p, xb: jnp.mean(jnp.sum((p - xb) ** 2, axis=-1))
+    >>> stats = bo.gradient_statistics(loss_fn, jnp.zeros(2), x)
+    >>> noise = bo.noise_statistics(stats)
+    >>> # Per-example gradients -2x deviate by (2, -2), (-2, 2), 0, 0: 16 / 3.
+    >>> round(float(noise.norm_var), 4), float(noise.ip_var)
+    (5.3333, 0.0)
   """
   scale = variance_scale(grad_stats)
   w2 = jnp.stack(

@@ -34,6 +34,15 @@ class SampleScheduleState(NamedTuple):
   Attributes:
     samples: int32 scalar, the number of examples processed before the current
       step (saturates at 2**31 - 1).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> tx = bo.scale_by_sample_schedule(bo.sample_schedule(lambda s: 0.1))
+    >>> state = tx.init(jnp.zeros(2))
+    >>> _, state = tx.update(jnp.ones(2), state, batch_size=32)
+    >>> int(state.samples)
+    32
   """
 
   samples: jax.Array
@@ -83,6 +92,19 @@ class SampleSchedule:
 
   Attributes:
     schedule_fn: the function of the number of samples.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> schedule = bo.sample_schedule(lambda s: 0.1 / (1.0 + s / 1000))
+    >>> isinstance(schedule, bo.SampleSchedule)
+    True
+    >>> tx = bo.scale_by_sample_schedule(schedule)
+    >>> state = tx.init(jnp.zeros(2))
+    >>> for _ in range(2):  # Step 2 sees the 1,000 samples of step 1.
+    ...   updates, state = tx.update(jnp.ones(2), state, batch_size=1000)
+    >>> updates.tolist()
+    [0.05000000074505806, 0.05000000074505806]
   """
 
   def __init__(self, schedule_fn: Callable[[jax.Array], jax.Array]):
@@ -115,6 +137,14 @@ def sample_schedule(schedule_fn: Callable[[jax.Array], jax.Array]):
 
   Returns:
     A :class:`SampleSchedule`.
+
+  Example:
+    >>> import jax.numpy as jnp, optax
+    >>> import batchax.optimizers as bo
+    >>> schedule = bo.sample_schedule(optax.linear_schedule(1.0, 0.0, 100))
+    >>> opt = bo.adagrad_norm(schedule)  # The rate falls with samples seen.
+    >>> state = opt.init(jnp.zeros(2))
+    >>> updates, state = opt.update(jnp.ones(2), state, batch_size=50)
   """
   return SampleSchedule(schedule_fn)
 

@@ -108,6 +108,18 @@ class PopulationSpec:
   :class:`EggrollState`), so that code that sees only the optimizer state,
   such as a trainer hook, can rebuild the step's :class:`Population` with
   :func:`eggroll_population`. Compared by value (callables by identity).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import batchax.optimizers as bo
+    >>> params = {'w': jnp.zeros((3, 2))}
+    >>> opt = optax.chain(bo.eggroll(8, rank=1, sigma=0.1), optax.sgd(0.1))
+    >>> opt_state = opt.init(params)
+    >>> spec = bo.find_eggroll_state(opt_state).spec
+    >>> isinstance(spec, bo.PopulationSpec), jax.tree.leaves(spec)  # No leaves.
+    (True, [])
+    >>> spec.rank, spec.antithetic
+    (1, True)
   """
 
   population_size: int
@@ -134,6 +146,18 @@ class EggrollState(NamedTuple):
       value (so there, give a sigma schedule to ``eggroll`` itself rather
       than to ``inject_hyperparams`` when using ``eggroll_population``).
     spec: the transform's :class:`PopulationSpec` (static, no leaves).
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import batchax.optimizers as bo
+    >>> params = {'w': jnp.zeros((3, 2))}
+    >>> opt = optax.chain(bo.eggroll(8, rank=1, sigma=0.1), optax.sgd(0.1))
+    >>> opt_state = opt.init(params)
+    >>> state = bo.find_eggroll_state(opt_state)
+    >>> isinstance(state, bo.EggrollState), int(state.count)
+    (True, 0)
+    >>> round(float(state.sigma), 3), state.spec.population_size
+    (0.1, 8)
   """
 
   count: jax.Array
@@ -265,6 +289,21 @@ class Population:
     leaf_keys: one PRNG key per leaf of ``params``, in tree order.
     leaves: per-leaf path, kind ('lowrank', 'dense' or 'frozen'), shape and
       dtype, in tree order.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import batchax.optimizers as bo
+    >>> params = {'w': jnp.zeros((3, 2))}
+    >>> opt = optax.chain(bo.eggroll(8, rank=1, sigma=0.1), optax.sgd(0.1))
+    >>> opt_state = opt.init(params)
+    >>> pop = bo.eggroll_population(params, opt_state, jax.random.key(0))
+    >>> isinstance(pop, bo.Population), pop.population_size, pop.rank
+    (True, 8, 1)
+    >>> noise = jax.vmap(pop.perturbation)(jnp.arange(8))['w']
+    >>> noise.shape, int(jnp.linalg.matrix_rank(noise[0]))
+    ((8, 3, 2), 1)
+    >>> bool(jnp.allclose(noise[0], -noise[1]))  # Antithetic pairs.
+    True
   """
 
   params: PyTree
@@ -800,7 +839,22 @@ def _make_population(
 
 
 def find_eggroll_state(opt_state) -> EggrollState:
-  """The single :class:`EggrollState` inside an optimizer state tree."""
+  """The single :class:`EggrollState` inside an optimizer state tree.
+
+  Finds it in chained, ``optax.inject_hyperparams``, ``optax.MultiSteps`` or
+  ``optax.apply_if_finite`` states.
+
+  Example:
+    >>> import jax, jax.numpy as jnp, optax
+    >>> import batchax.optimizers as bo
+    >>> params = {'w': jnp.zeros((3, 2))}
+    >>> opt = optax.chain(bo.eggroll(8, rank=1, sigma=0.1), optax.sgd(0.1))
+    >>> opt_state = opt.init(params)
+    >>> wrapped = optax.apply_if_finite(opt, max_consecutive_errors=3)
+    >>> state = bo.find_eggroll_state(wrapped.init(params))
+    >>> int(state.count), state.spec.population_size
+    (0, 8)
+  """
   found = [
     s
     for s in jax.tree.leaves(

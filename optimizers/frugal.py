@@ -154,6 +154,16 @@ def default_eligible(path, leaf) -> bool:
 
   Returns:
     A Python bool.
+
+  Example:
+    >>> import jax, jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'mlp': {'kernel': jnp.ones((4, 4))},
+    ...           'embed': {'embedding': jnp.ones((8, 4))}}
+    >>> leaves, _ = jax.tree_util.tree_flatten_with_path(params)
+    >>> [(jax.tree_util.keystr(path), bo.default_eligible(path, leaf))
+    ...  for path, leaf in leaves]
+    [("['embed']['embedding']", False), ("['mlp']['kernel']", True)]
   """
   if getattr(leaf, 'ndim', None) != 2:
     return False
@@ -180,6 +190,18 @@ class ScaleByFrugalState(NamedTuple):
       slot for ``block``).
     regular_state: state of the ``regular`` transform on the non-eligible
       params (a list of their gradients).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'mlp': {'kernel': jnp.ones((4, 4))},
+    ...           'embed': {'embedding': jnp.ones((8, 4))}}
+    >>> tx = bo.scale_by_frugal(density=0.5, projection='columns')
+    >>> state = tx.init(params)
+    >>> isinstance(state, bo.ScaleByFrugalState), int(state.count)
+    (True, 0)
+    >>> state.projections[0].shape  # 2 of the kernel's 4 columns.
+    (2,)
   """
 
   count: jax.Array

@@ -64,6 +64,17 @@ class KFACStatistics(NamedTuple):
       :func:`kfac_statistics`).
     count: float32 scalar, the number of examples behind the means (the
       merge weight), or None.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> stats = {'Dense_0': bo.KFACStatistics(  # [x, 1] is 3-D, the output 3-D.
+    ...     a_cov=jnp.eye(3), g_cov=jnp.eye(3), count=jnp.array(4.))}
+    >>> tx = bo.scale_by_kfac(inv_freq=1)
+    >>> updates, _ = tx.update(params, tx.init(params), layer_stats=stats)
+    >>> updates['Dense_0']['kernel'].shape
+    (2, 3)
   """
 
   a_cov: jax.Array
@@ -108,6 +119,22 @@ def kfac_statistics(
   Returns:
     A nested dict like ``params`` at the layer level of
     :class:`KFACStatistics`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> from typing import NamedTuple
+    >>> import batchax.optimizers as bo
+    >>> class Capture(NamedTuple):  # The layer-capture format.
+    ...   inputs: jnp.ndarray
+    ...   out_grads: jnp.ndarray
+    >>> params = {'Dense_0': {'kernel': jnp.zeros((2, 1))}}  # No bias.
+    >>> cap = Capture(jnp.array([[[1., 0.]], [[0., 2.]]]),  # [N, P, d_in]
+    ...               jnp.array([[[0.5]], [[-0.5]]]))  # [N, P, d_out]
+    >>> s = bo.kfac_statistics({'Dense_0': cap}, params)['Dense_0']
+    >>> s.a_cov.tolist()  # The mean of x x^T over the 2 rows.
+    [[0.5, 0.0], [0.0, 2.0]]
+    >>> s.g_cov.tolist(), float(s.count)  # g = 2 * out_grads: +-1.
+    ([[1.0]], 2.0)
   """
   out = []
   for path, cap in _mkor._walk_captures(captures):
@@ -185,6 +212,16 @@ def merge_kfac_statistics(s1: PyTree, s2: PyTree) -> PyTree:
 
   Returns:
     The statistics of the union.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> one = jnp.array(1.)
+    >>> s1 = {'Dense_0': bo.KFACStatistics(jnp.eye(2), jnp.eye(1), one)}
+    >>> s2 = {'Dense_0': bo.KFACStatistics(3 * jnp.eye(2), jnp.eye(1), 3 * one)}
+    >>> merged = bo.merge_kfac_statistics(s1, s2)['Dense_0']  # Count-weighted.
+    >>> merged.a_cov.tolist(), float(merged.count)
+    ([[2.5, 0.0], [0.0, 2.5]], 4.0)
   """
 
   def merge(x: KFACStatistics, y: KFACStatistics) -> KFACStatistics:
@@ -209,6 +246,17 @@ class KFACLayerState(NamedTuple):
     g_cov: running average of the output-gradient covariance.
     a_inv: damped inverse of ``a_cov`` from the last inversion.
     g_inv: damped inverse of ``g_cov`` from the last inversion.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> state = bo.scale_by_kfac().init(params)
+    >>> layer = state.layers['Dense_0']
+    >>> isinstance(layer, bo.KFACLayerState)
+    True
+    >>> layer.a_cov.shape, layer.g_inv.shape
+    ((3, 3), (3, 3))
   """
 
   a_cov: jax.Array
@@ -224,6 +272,14 @@ class ScaleByKFACState(NamedTuple):
     count: int32 scalar, the steps taken.
     layers: nested dict like the params at the layer level of
       :class:`KFACLayerState`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> state = bo.scale_by_kfac().init(params)
+    >>> isinstance(state, bo.ScaleByKFACState), int(state.count)
+    (True, 0)
   """
 
   count: jax.Array
@@ -321,6 +377,18 @@ def scale_by_kfac(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs the
     keyword extra arg ``layer_stats`` (:class:`KFACStatistics` per layer).
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> stats = {'Dense_0': bo.KFACStatistics(  # [x, 1] is 3-D, the output 3-D.
+    ...     a_cov=jnp.eye(3), g_cov=jnp.eye(3), count=jnp.array(4.))}
+    >>> tx = bo.scale_by_kfac(inv_freq=1)
+    >>> updates, state = tx.update(params, tx.init(params), layer_stats=stats)
+    >>> # Identity factors: the update is the gradient (up to the damping).
+    >>> bool(jnp.allclose(updates['Dense_0']['kernel'], 1.0, atol=1e-3))
+    True
 
   References:
     Martens and Grosse, `Optimizing Neural Networks with Kronecker-factored
@@ -546,6 +614,18 @@ def kfac(
   Returns:
     An ``optax.GradientTransformationExtraArgs`` whose ``update`` needs
     ``layer_stats`` from :func:`kfac_statistics`.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> stats = {'Dense_0': bo.KFACStatistics(  # [x, 1] is 3-D, the output 3-D.
+    ...     a_cov=jnp.eye(3), g_cov=jnp.eye(3), count=jnp.array(4.))}
+    >>> opt = bo.kfac(0.1, inv_freq=1)  # SGD-momentum inside.
+    >>> updates, state = opt.update(params, opt.init(params), params,
+    ...                             layer_stats=stats)
+    >>> bool(jnp.allclose(updates['Dense_0']['bias'], -0.1, atol=1e-4))
+    True
 
   References:
     Martens and Grosse, `Optimizing Neural Networks with Kronecker-factored

@@ -142,6 +142,17 @@ class MKORStatistics(NamedTuple):
       times the number of rows.
     count: float32 scalar, the number of rows behind the means (the merge
       weight); ``None`` for hand-built statistics that are never merged.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> stats = {'Dense_0': bo.MKORStatistics(a=jnp.array([1., 0., 1.]),
+    ...                                     g=jnp.array([1., 1., 0.]))}
+    >>> tx = bo.scale_by_mkor(inv_freq=1)
+    >>> updates, _ = tx.update(params, tx.init(params), layer_stats=stats)
+    >>> updates['Dense_0']['kernel'].shape
+    (2, 3)
   """
 
   a: jax.Array
@@ -374,6 +385,18 @@ def merge_mkor_statistics(s1: PyTree, s2: PyTree) -> PyTree:
 
   Raises:
     ValueError: if a statistic has no ``count``.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> one = jnp.array(1.)
+    >>> s1 = {'Dense_0': bo.MKORStatistics(a=jnp.array([1., 1.]),
+    ...                                    g=jnp.array([2.]), count=one)}
+    >>> s2 = {'Dense_0': bo.MKORStatistics(a=jnp.array([3., 1.]),
+    ...                                    g=jnp.array([0.]), count=3 * one)}
+    >>> merged = bo.merge_mkor_statistics(s1, s2)['Dense_0']  # Count-weighted.
+    >>> merged.a.tolist(), merged.g.tolist(), float(merged.count)
+    ([2.5, 1.0], [0.5], 4.0)
   """
 
   def merge(x: MKORStatistics, y: MKORStatistics) -> MKORStatistics:
@@ -452,6 +475,16 @@ class MKORLayerState(NamedTuple):
     g_inv: ``[d_out, d_out]``, the inverse output-gradient factor.
     a_reset: bool scalar, reset ``a_inv`` on the next refresh.
     g_reset: bool scalar, reset ``g_inv`` on the next refresh.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> layer = bo.scale_by_mkor().init(params).layers['Dense_0']
+    >>> isinstance(layer, bo.MKORLayerState)
+    True
+    >>> layer.a_inv.shape, layer.g_inv.shape
+    ((3, 3), (3, 3))
   """
 
   a_inv: jax.Array
@@ -474,6 +507,16 @@ class ScaleByMKORState(NamedTuple):
     loss_ema: float32 scalar, MKOR-H's smoothed loss.
     rate_ema: float32 scalar, MKOR-H's EMA of the smoothed loss decrease.
     loss_start: float32 scalar, the smoothed loss when MKOR-H started.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> state = bo.scale_by_mkor().init(params)
+    >>> isinstance(state, bo.ScaleByMKORState), int(state.count)
+    (True, 0)
+    >>> bool(state.second_order), int(state.switch_step)  # MKOR-H fields.
+    (True, -1)
   """
 
   count: jax.Array
@@ -1145,6 +1188,19 @@ def mkor_h(
   Returns:
     An ``optax.GradientTransformationExtraArgs``.
 
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> stats = {'Dense_0': bo.MKORStatistics(a=jnp.array([1., 0., 1.]),
+    ...                                     g=jnp.array([1., 1., 0.]))}
+    >>> opt = bo.mkor_h(0.1)
+    >>> state = opt.init(params)
+    >>> updates, state = opt.update(  # MKOR-H also reads the loss.
+    ...     params, state, params, layer_stats=stats, loss=jnp.array(1.0))
+    >>> int(bo.get_mkor_switch_step(state))  # Still second order.
+    -1
+
   References:
     Mozaffari, Li, Zhang and Mehri Dehnavi, `MKOR: Momentum-Enabled
     Kronecker-Factor-Based Optimizer Using Rank-1 Updates
@@ -1192,6 +1248,16 @@ def get_mkor_state(opt_state: PyTree) -> ScaleByMKORState:
 
   Raises:
     ValueError: if ``opt_state`` holds no or several MKOR states.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> import optax
+    >>> opt = optax.apply_if_finite(bo.mkor(0.1), max_consecutive_errors=3)
+    >>> state = bo.get_mkor_state(opt.init(params))
+    >>> int(state.count), int(state.num_resets)
+    (0, 0)
   """
   found = []
 
@@ -1218,5 +1284,12 @@ def get_mkor_switch_step(opt_state: PyTree) -> jax.Array:
 
   Returns:
     An int32 scalar.
+
+  Example:
+    >>> import jax.numpy as jnp
+    >>> import batchax.optimizers as bo
+    >>> params = {'Dense_0': {'kernel': jnp.ones((2, 3)), 'bias': jnp.ones(3)}}
+    >>> int(bo.get_mkor_switch_step(bo.mkor_h(0.1).init(params)))
+    -1
   """
   return get_mkor_state(opt_state).switch_step

@@ -128,3 +128,46 @@ def test_update_docs_copies_page_and_plots(tmp_path, monkeypatch):
   page = (docs / 'ghost_bn.md').read_text()
   assert '--table=ghost_bn --update_docs' in page
   assert page == (tmp_path / 'out' / 'ghost_bn.md').read_text()
+
+
+def test_table_all_runs_every_table_in_its_own_dir(tmp_path, monkeypatch):
+  # The dispatch only (a real --table=all --quick takes most of an hour on
+  # two cores): every table, in order, each with its own out_dir.
+  calls = []
+
+  def fake_reproduce(table, out_dir, seeds=None, *, quick, update_docs):
+    calls.append((table.name, out_dir, seeds, quick, update_docs))
+
+  monkeypatch.setattr(reproduce, 'reproduce', fake_reproduce)
+  times = reproduce.reproduce_all(reproduce.TABLES, str(tmp_path), quick=True)
+  assert list(times) == list(reproduce.TABLES)
+  assert calls == [
+    (name, str(tmp_path / name), None, True, False) for name in reproduce.TABLES
+  ]
+  calls.clear()
+  reproduce.reproduce_all(['ghost_bn'], None, 2, update_docs=True)
+  assert calls == [
+    ('ghost_bn', os.path.join('runs', 'reproduce', 'ghost_bn'), 2, False, True)
+  ]
+
+
+def test_table_flag_accepts_all():
+  assert reproduce.ALL not in reproduce.TABLES
+  flag = reproduce.flags.FLAGS['table']
+  assert set(flag.parser.enum_values) == {*reproduce.TABLES, reproduce.ALL}
+
+
+@pytest.mark.parametrize(
+  'name,key',
+  [('eggroll', 'test_accuracy'), ('eggroll_cartpole', 'test_return')],
+)
+def test_eggroll_plots_land_in_out_dir(tmp_path, name, key):
+  # reproduce hands plot() the prefix <out_dir>/<table>, not a directory.
+  table = reproduce.load_table(name)
+  results = {
+    a.name: [[{'step': 1, key: 0.5}, {'step': 2, key: 0.75}]]
+    for a in table.arms
+  }
+  paths = table.plot(results, str(tmp_path / table.name))
+  assert paths and all(os.path.dirname(p) == str(tmp_path) for p in paths)
+  assert all(os.path.exists(p) for p in paths)

@@ -52,7 +52,9 @@ ARMS = (
 )
 
 
-def _plot(results, out_dir):
+def _plot(results, prefix):
+  # reproduce passes a path prefix, <out_dir>/<table>; the figure keeps the
+  # name the results page links to.
   import os
 
   import matplotlib
@@ -76,7 +78,7 @@ def _plot(results, out_dir):
   ax.set_ylabel('test accuracy')
   ax.set_title('MNIST-1D, MLP 40-128-10, population 256')
   ax.legend()
-  path = os.path.join(out_dir, 'eggroll_mnist1d.png')
+  path = os.path.join(os.path.dirname(prefix), 'eggroll_mnist1d.png')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)

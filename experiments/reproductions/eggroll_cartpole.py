@@ -31,7 +31,9 @@ ARMS = (
 )
 
 
-def _plot(results, out_dir):
+def _plot(results, prefix):
+  # reproduce passes a path prefix, <out_dir>/<table>; the figure keeps the
+  # name the results page links to.
   import os
 
   import matplotlib
@@ -52,7 +54,7 @@ def _plot(results, out_dir):
   ax.set_ylabel('test return (64 episodes)')
   ax.set_title('CartPole-v1, policy 4-32-2, population 128')
   ax.legend()
-  path = os.path.join(out_dir, 'eggroll_cartpole.png')
+  path = os.path.join(os.path.dirname(prefix), 'eggroll_cartpole.png')
   fig.tight_layout()
   fig.savefig(path, dpi=100)
   plt.close(fig)
