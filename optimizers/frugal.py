@@ -583,8 +583,8 @@ def scale_by_frugal(
       old moments in the new basis, as GaLore does.
     eligible: ``eligible(path, leaf) -> bool`` choosing the params that get
       the split; default :func:`default_eligible`.
-    key: a PRNG key or an int seed for random projections and orders; kept
-      in the state.
+    key: a PRNG key or an int seed (a Python int or an integer scalar
+      array) for random projections and orders; kept in the state.
     block_order: for ``'block'``: one of :data:`BLOCK_ORDERS`.
     projected_lr_scale: :math:`s_p \ge 0`, scales the whole update of
       eligible params (official ``proj_params_lr_scale``; GaLore uses 0.25).
@@ -666,7 +666,11 @@ def scale_by_frugal(
   regular_tx = optax.with_extra_args_support(regular)
   if eligible is None:
     eligible = default_eligible
-  if isinstance(key, int):
+  # optax.inject_hyperparams turns an int seed (the default 0 included) into
+  # an int32 scalar array unless 'key' is in static_args: a seed all the same.
+  if isinstance(key, int) or (
+    jnp.ndim(key) == 0 and jnp.issubdtype(jnp.result_type(key), jnp.integer)
+  ):
     key = jax.random.key(key)
   elif not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     key = jax.random.wrap_key_data(key)

@@ -559,3 +559,19 @@ def test_coordinate_projections_keep_sharding(projection):
     dict(learning_rate=0.1, density=0.5, projection=projection),
   )
   oc.run_check('sharding', case)
+
+
+def test_inject_hyperparams_with_the_seed_injected():
+  # Without 'key' in static_args, inject_hyperparams passes the default seed
+  # 0 as an int32 scalar array: the same seed as the plain alias.
+  kw = dict(density=0.5, update_every=2, projection='random')
+  plain = bo.frugal(0.1, **kw)
+  inject = optax.inject_hyperparams(
+    bo.frugal, static_args=('density', 'update_every')
+  )(learning_rate=0.1, **kw)
+  params = {'w': jnp.zeros((6, 4))}
+  (g,) = _grads(1, like=params)
+  u_plain, s_plain = plain.update(g, plain.init(params), params)
+  u_inject, s_inject = jax.jit(inject.update)(g, inject.init(params), params)
+  chex.assert_trees_all_close(u_inject, u_plain, rtol=1e-6, atol=1e-7)
+  chex.assert_trees_all_equal(s_inject.inner_state[0].key, s_plain[0].key)
