@@ -18,7 +18,10 @@ one progress line per run and an estimate of the time left. The page
 ``<table>.md`` (mean and sample standard deviation over seeds) and its
 PNGs go to ``--out_dir`` (default ``runs/reproduce/<table>``);
 ``--update_docs`` also copies them to ``docs/results/``, the only way
-this script touches tracked files.
+this script touches tracked files; a page there that carries the
+``HAND_WRITTEN`` line (analysis assembled from several runs, as
+``adadagrad.md`` and ``eggroll.md``) is left alone and the generated page
+lands beside it as ``<table>.generated.md``.
 ``--quick`` is a smoke test: one seed, the table's tiny budget (its
 ``quick`` overrides), in ``runs/reproduce/<table>-quick``; its numbers mean
 nothing, and it never updates the docs. ``--table=all`` runs every table
@@ -169,6 +172,24 @@ def markdown(
   return '\n'.join(lines) + '\n'
 
 
+# A results page that holds analysis written by hand carries this line;
+# ``--update_docs`` then writes the generated page beside it instead of over
+# it, so a regeneration never loses the text (compare the two, then edit).
+HAND_WRITTEN = '<!-- written by hand: --update_docs leaves this page alone -->'
+
+
+def _copy_to_docs(path: str, docs_dir: str) -> str:
+  """Copies a page or plot into ``docs_dir``, sparing hand-written pages."""
+  os.makedirs(docs_dir, exist_ok=True)
+  dest = os.path.join(docs_dir, os.path.basename(path))
+  if dest.endswith('.md') and os.path.exists(dest):
+    with open(dest) as f:
+      if HAND_WRITTEN in f.read():
+        dest = dest[: -len('.md')] + '.generated.md'
+        print(f'{dest}: the page beside it is written by hand', file=sys.stderr)
+  return shutil.copy(path, dest)
+
+
 def reproduce(
   table: Table,
   out_dir: str,
@@ -230,8 +251,7 @@ def reproduce(
     f.write(page)
   written = [page_path, *pngs]
   if update_docs:
-    os.makedirs(docs_dir, exist_ok=True)
-    written = [shutil.copy(p, docs_dir) for p in written]
+    written = [_copy_to_docs(p, docs_dir) for p in written]
   print(page)
   print('Wrote ' + ', '.join(written), file=sys.stderr)
   return results

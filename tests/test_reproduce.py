@@ -130,6 +130,26 @@ def test_update_docs_copies_page_and_plots(tmp_path, monkeypatch):
   assert page == (tmp_path / 'out' / 'ghost_bn.md').read_text()
 
 
+def test_update_docs_spares_a_hand_written_page(tmp_path, monkeypatch):
+  fake = _fake_results(random.Random(2))
+  monkeypatch.setattr(
+    reproduce,
+    'run_arm',
+    lambda table, arm, seed, out_dir, quick: fake[arm.name][seed],
+  )
+  docs = tmp_path / 'docs'
+  docs.mkdir()
+  mine = f'# Analysis\n{reproduce.HAND_WRITTEN}\nText a run cannot write.\n'
+  (docs / 'ghost_bn.md').write_text(mine)
+  table = reproduce.load_table('ghost_bn')
+  reproduce.reproduce(
+    table, str(tmp_path / 'out'), update_docs=True, docs_dir=str(docs)
+  )
+  assert (docs / 'ghost_bn.md').read_text() == mine
+  generated = (docs / 'ghost_bn.generated.md').read_text()
+  assert generated == (tmp_path / 'out' / 'ghost_bn.md').read_text()
+
+
 def test_table_all_runs_every_table_in_its_own_dir(tmp_path, monkeypatch):
   # The dispatch only (a real --table=all --quick takes most of an hour on
   # two cores): every table, in order, each with its own out_dir.
