@@ -3,7 +3,7 @@
 import math
 
 from batchax.experiments import reproduce
-from batchax.experiments.reproductions import mkor, mkor_mnist1d
+from batchax.experiments.reproductions import mkor, mkor_lr, mkor_mnist1d
 
 
 def _run(losses, switch=None, first=1.0):
@@ -54,3 +54,19 @@ def test_mnist1d_page_has_both_problems_and_the_switch_steps():
   assert "MNIST-1D MLP, MKOR-H's switch step: 40, 40 (seeds 0-1)" in page
   assert "MNIST-1D CNN, MKOR-H's switch step: never, never" in page
   assert 'not yet in' not in page
+
+
+def test_lr_table_cells_count_the_seeds():
+  # Autoencoder records (train_mse): the target is 0.015.
+  def ae(losses, skipped=0):
+    run = _run(losses)
+    for r in run:
+      r.update(train_mse=r['train_loss'], skipped_steps=skipped)
+    return run
+
+  fast, slow = ae([0.1] * 5 + [0.01] * 10), ae([0.1] * 5 + [0.02] * 10)
+  assert mkor_lr.cell([fast, fast]) == '100'
+  assert mkor_lr.cell([fast, slow]) == '100 (1/2 seeds; > 600 in the others)'
+  assert mkor_lr.cell([slow, slow]) == '> 600 (0.0200)'
+  assert mkor_lr.cell([fast, ae([0.1] * 15, skipped=3)]) == 'D (1/2 seeds)'
+  assert mkor_lr.TABLE.seeds == 3
