@@ -44,13 +44,16 @@ def test_mnist1d_page_has_both_problems_and_the_switch_steps():
   assert configs['CNN KFAC T=10'].model.name == 'cnn1d'
   assert configs['MLP KFAC T=10'].model.name == 'mlp'
   results = {}
+  never = _run([1.0] * 15)
   for arm in table.arms:
     switch = (
       (40 if arm.name.startswith('MLP') else -1) if 'H' in arm.name else None
     )
     results[arm.name] = [_run([1.0] * 5 + [0.05] * 10, switch)] * 2
+  results['MLP MKOR T=1'] = [never, never]
   page = reproduce.markdown(table, results)
-  assert '| MNIST-1D CNN | 100 | 100 | 1.00x |' in page
+  assert '| MNIST-1D CNN | 100 | 100 | 1.00x | 100 | 1.00x |' in page
+  assert '| MNIST-1D MLP | 90 | 90 | 1.00x | never | - |' in page
   assert "MNIST-1D MLP, MKOR-H's switch step: 40, 40 (seeds 0-1)" in page
   assert "MNIST-1D CNN, MKOR-H's switch step: never, never" in page
   assert 'not yet in' not in page

@@ -86,10 +86,12 @@ MLP_TASK = {
 }
 # The project's 1-D CNN: three [Conv 5, ReLU, max-pool 2] blocks of 32
 # channels, flattened into Dense 10 (every layer preconditioned).
+# A diverging run finishes its budget (its skipped steps are a column).
 CNN_TASK = {
   **MLP_TASK,
   'model.name': 'cnn1d',
   'model.channels': (32, 32, 32),
+  'max_consecutive_skips': 10**9,
 }
 
 
@@ -250,6 +252,11 @@ def test_accuracy(records) -> float:
   return 100 * [r['test_accuracy'] for r in records if 'test_accuracy' in r][-1]
 
 
+def skipped_steps(records) -> float:
+  """Steps skipped for non-finite gradients or updates (diverged: > 0)."""
+  return float(max((r.get('skipped_steps', 0) for r in records), default=0))
+
+
 def ms_per_step(records) -> float:
   """Median time per step over the logged intervals after the first."""
   rates = [r['steps_per_second'] for r in records if r['step'] > 20]
@@ -305,11 +312,16 @@ def notes(results) -> str:
     seeds = len(results[f'{prefix} SGD-m'])
 
     def cell(v, n, seeds=seeds):
+      if n == 0:
+        return 'never'
       return f'{v:.0f}' + ('' if n == seeds else f' ({n}/{seeds} seeds)')
+
+    def ratio(v, sgd=sgd):
+      return '-' if np.isnan(v) else f'{sgd / v:.2f}x'
 
     lines.append(
       f'| {PROBLEMS[prefix]} | {cell(sgd, n_sgd)} | {cell(m10, n10)} '
-      f'| {sgd / m10:.2f}x | {cell(m1, n1)} | {sgd / m1:.2f}x '
+      f'| {ratio(m10)} | {cell(m1, n1)} | {ratio(m1)} '
       f'| {cell(kf, nk)} | {PAPER_RATIO:.2f}x epochs (ResNet-50) |'
     )
     switches.append(_switch_sentence(prefix, results[f'{prefix} MKOR-H']))
@@ -405,6 +417,7 @@ MNIST1D_TABLE = Table(
     ('final train loss (smoothed)', final_smoothed_loss, '.4f'),
     ('test loss', test_loss, '.4f'),
     ('test accuracy (%)', test_accuracy, '.1f'),
+    ('skipped (non-finite) steps', skipped_steps, '.0f'),
     ('ms / step', ms_per_step, '.1f'),
   ),
   notes=notes,
