@@ -54,8 +54,8 @@ def test_mnist1d_page_has_both_problems_and_the_switch_steps():
   page = reproduce.markdown(table, results)
   assert '| MNIST-1D CNN | 100 | 100 | 1.00x | 100 | 1.00x |' in page
   assert '| MNIST-1D MLP | 90 | 90 | 1.00x | never | - |' in page
-  assert "MNIST-1D MLP, MKOR-H's switch step: 40, 40 (seeds 0-1)" in page
-  assert "MNIST-1D CNN, MKOR-H's switch step: never, never" in page
+  assert 'switch step on the MNIST-1D MLP: 40, 40 (seeds 0-1).' in page
+  assert 'switch step on the MNIST-1D CNN: never, never' in page
   assert 'not yet in' not in page
 
 

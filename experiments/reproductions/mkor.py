@@ -282,7 +282,7 @@ def _switch_sentence(prefix, runs) -> str:
     return ''
   cells = ', '.join('never' if s < 0 else f'{s:.0f}' for s in steps)
   seeds = 'seed 0' if len(runs) == 1 else f'seeds 0-{len(runs) - 1}'
-  return f"{PROBLEMS[prefix]}, MKOR-H's switch step: {cells} ({seeds})."
+  return f"MKOR-H's switch step on the {PROBLEMS[prefix]}: {cells} ({seeds})."
 
 
 def notes(results) -> str:
