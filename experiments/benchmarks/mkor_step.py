@@ -1,19 +1,23 @@
 r"""Cost of an MKOR train step against SGD-momentum and a KFAC baseline.
 
-Side by side in one process, on an MLP ``512 -> 4 x [Dense 512, tanh] ->
-Dense 10`` (random inputs, 10 classes, cross-entropy) at batch 2048, we time
-jitted train steps (gradient, optimizer update, ``apply_updates``):
+Side by side in one process, on a stock Flax MLP ``512 -> 4 x [nn.Dense
+512, tanh] -> nn.Dense 10`` (random inputs, 10 classes, cross-entropy) at
+batch 2048, we time jitted train steps (gradient, optimizer update,
+``apply_updates``), each built as the trainer builds it:
 
-* **sgd**: ``optax.sgd(lr, momentum=0.9)`` on the plain gradient.
-* **mkor T**: ``mkor(lr, inv_freq=T)`` (SGD-momentum inside). The step also
-  captures each Dense layer's inputs and output gradients (zero
-  perturbations added to the layer outputs, differentiated with the
-  parameters in one backward pass) and builds ``mkor_statistics``; that is
+* **sgd**: ``optax.sgd(lr, momentum=0.9)`` on the plain gradient
+  (``jax.grad`` of the loss, the trainer's own backward pass).
+* **mkor T**: ``mkor(lr, inv_freq=T)`` (SGD-momentum inside), with the
+  gradient and ``layer_stats`` from the ``layer_statistics`` hook
+  (``Hook.accumulate`` then ``Hook.finalize`` on one micro-batch): one
+  backward pass through ``capture.value_and_grad_with_captures`` gives the
+  gradient and every Dense layer's inputs and output gradients, reduced by
+  ``mkor_statistics`` and merged into the hook's zero accumulator. That is
   part of MKOR's cost. ``T = 1`` refreshes on every step, ``T = inf`` never
   after step 0 (the preconditioning alone).
 * **kfac T**: ``kfac(lr, inv_freq=T)`` (covariances every step, damped
-  ``eigh`` inverses every ``T`` steps), on the same captures with
-  ``kfac_statistics``.
+  Cholesky inverses every ``T`` steps), on the same hook with
+  ``kind='kfac'`` (``kfac_statistics``).
 
 Each repetition runs ``steps`` (a multiple of 10) consecutive steps per arm,
 so ``T = 10`` arms include exactly one refresh per 10 steps. Arms are timed
@@ -35,8 +39,8 @@ Usage::
 import random
 import statistics
 import time
-from typing import NamedTuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -44,6 +48,8 @@ import optax
 from absl import app, flags
 
 import batchax.optimizers as bo
+from batchax.experiments import hooks
+from batchax.experiments.hooks import layer_statistics
 
 _REPS = flags.DEFINE_integer('reps', 5, 'Interleaved repetitions.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Steps per arm and repetition.')
@@ -59,114 +65,107 @@ _ARMS = flags.DEFINE_list(
 _NEVER = 2**30  # an inversion period that is never reached
 
 
-class Capture(NamedTuple):
-  """A layer capture: inputs [N, 1, d_in] and out_grads [N, 1, d_out]."""
+class MLP(nn.Module):
+  """``width -> depth x [Dense width, tanh] -> Dense classes``, stock Dense."""
 
-  inputs: jax.Array
-  out_grads: jax.Array
+  width: int
+  depth: int
+  classes: int = 10
 
-
-def init_params(width: int, depth: int, classes: int = 10):
-  """Flax-layout params ``{'Dense_i': {'kernel', 'bias'}}`` of the MLP."""
-  sizes = [width] * (depth + 1) + [classes]
-  keys = jax.random.split(jax.random.key(0), len(sizes) - 1)
-  return {
-    f'Dense_{i}': {
-      'kernel': jax.random.normal(k, (d_in, d_out)) / np.sqrt(d_in),
-      'bias': jnp.zeros(d_out),
-    }
-    for i, (k, d_in, d_out) in enumerate(zip(keys, sizes[:-1], sizes[1:]))
-  }
+  @nn.compact
+  def __call__(self, x):
+    for _ in range(self.depth):
+      x = jnp.tanh(nn.Dense(self.width)(x))
+    return nn.Dense(self.classes)(x)
 
 
-def _forward(params, x, perturbations):
-  """Logits and the inputs of every Dense layer."""
-  inputs, h = [], x
-  n = len(params)
-  for i in range(n):
-    layer = params[f'Dense_{i}']
-    inputs.append(h)
-    z = h @ layer['kernel'] + layer['bias'] + perturbations[i]
-    h = jnp.tanh(z) if i < n - 1 else z
-  return h, inputs
+def make_loss_fn(model: nn.Module):
+  """The trainer's loss signature: ``(params, batch) -> (loss, (metrics,
+  model_state))``."""
+
+  def loss_fn(params, batch):
+    x, y = batch
+    logits = model.apply({'params': params}, x)
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return loss, ({}, {})
+
+  return loss_fn
 
 
-def _loss(logits, y):
-  return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+def grads_only(loss_fn, params, batch):
+  """SGD's gradient: the trainer's own backward pass."""
+  return jax.grad(lambda p: loss_fn(p, batch)[0])(params)
 
 
-def grads_only(params, batch):
-  x, y = batch
-  zeros = [0.0] * len(params)
-  return jax.grad(lambda p: _loss(_forward(p, x, zeros)[0], y))(params)
+def hook_step(hook, loss_fn, params, batch, opt_state):
+  """Gradient and extra args as the trainer gets them from the hook.
+
+  One micro-batch: ``layer_statistics.Hook.accumulate`` (one backward pass
+  with layer captures, ``capture.value_and_grad_with_captures``, reduced to
+  ``mkor_statistics`` or ``kfac_statistics`` and merged into the zero
+  accumulator) and ``finalize``.
+  """
+  key = jax.random.key(0)
+  ctx = hooks.Context(
+    params=params,
+    batch=batch,
+    loss_fn=loss_fn,
+    apply_fn=None,
+    model_state={},
+    opt_state=opt_state,
+    step=jnp.zeros((), jnp.int32),
+    key=key,
+    micro_key=key,
+    task=None,
+  )
+  acc, gradient = hook.accumulate(hook.init(params), ctx)
+  return gradient.grads, hook.finalize(acc, jnp.ones((), jnp.int32))
 
 
-def grads_and_captures(params, batch):
-  """The gradient and the layer captures, from one backward pass."""
-  x, y = batch
-  zeros = [
-    jnp.zeros((x.shape[0], params[f'Dense_{i}']['bias'].shape[0]))
-    for i in range(len(params))
-  ]
-
-  def loss_fn(p, eps):
-    logits, inputs = _forward(p, x, eps)
-    return _loss(logits, y), inputs
-
-  (_, inputs), (grads, out_grads) = jax.value_and_grad(
-    loss_fn, argnums=(0, 1), has_aux=True
-  )(params, zeros)
-  captures = {
-    f'Dense_{i}': Capture(h[:, None], d[:, None])
-    for i, (h, d) in enumerate(zip(inputs, out_grads))
-  }
-  return grads, captures
+def _method(kind: str, period: str):
+  """The optimizer and the hook of an MKOR or KFAC arm."""
+  t = _NEVER if period == 'inf' else int(period)
+  if kind == 'mkor':
+    return bo.mkor(0.01, inv_freq=t), layer_statistics.Hook(kind='mkor')
+  if kind == 'kfac':
+    return bo.kfac(0.01, inv_freq=t), layer_statistics.Hook(kind='kfac')
+  raise ValueError(f'unknown arm {kind!r}')
 
 
-def make_arm(name: str, params):
+def make_arm(name: str, loss_fn, params):
   """A jitted train step and its initial (params, state)."""
   kind, _, period = name.partition(' ')
-  lr = 0.01
   if kind == 'sgd':
-    opt = optax.sgd(lr, momentum=0.9)
+    opt = optax.sgd(0.01, momentum=0.9)
 
     def step(params, state, batch):
-      updates, state = opt.update(grads_only(params, batch), state, params)
+      grads = grads_only(loss_fn, params, batch)
+      updates, state = opt.update(grads, state, params)
       return optax.apply_updates(params, updates), state
 
   else:
-    t = _NEVER if period == 'inf' else int(period)
-    if kind == 'mkor':
-      opt, stats_fn = bo.mkor(lr, inv_freq=t), bo.mkor_statistics
-    elif kind == 'kfac':
-      opt, stats_fn = bo.kfac(lr, inv_freq=t), bo.kfac_statistics
-    else:
-      raise ValueError(f'unknown arm {name!r}')
+    opt, hook = _method(kind, period)
 
     def step(params, state, batch):
-      grads, captures = grads_and_captures(params, batch)
-      stats = stats_fn(captures, params)
-      updates, state = opt.update(grads, state, params, layer_stats=stats)
+      grads, extra = hook_step(hook, loss_fn, params, batch, state)
+      updates, state = opt.update(grads, state, params, **extra)
       return optax.apply_updates(params, updates), state
 
   return jax.jit(step, donate_argnums=(0, 1)), (params, opt.init(params))
 
 
-def make_update_arm(name: str, params, batch):
+def make_update_arm(name: str, loss_fn, params, batch):
   """A jitted optimizer update alone, on a fixed gradient and statistics."""
   kind, _, period = name.partition(' ')
   if kind == 'sgd':
     opt = optax.sgd(0.01, momentum=0.9)
-    grads = jax.jit(grads_only)(params, batch)
+    grads = jax.jit(grads_only, static_argnums=0)(loss_fn, params, batch)
     extra = {}
   else:
-    t = _NEVER if period == 'inf' else int(period)
-    opt, stats_fn = {
-      'mkor': (bo.mkor(0.01, inv_freq=t), bo.mkor_statistics),
-      'kfac': (bo.kfac(0.01, inv_freq=t), bo.kfac_statistics),
-    }[kind]
-    grads, captures = jax.jit(grads_and_captures)(params, batch)
-    extra = {'layer_stats': jax.jit(stats_fn)(captures, params)}
+    opt, hook = _method(kind, period)
+    grads, extra = jax.jit(lambda p, b, s: hook_step(hook, loss_fn, p, b, s))(
+      params, batch, opt.init(params)
+    )
 
   def update(state, updates):
     del updates
@@ -244,9 +243,11 @@ def main(argv):
   del argv
   if _STEPS.value % 10:
     raise app.UsageError('--steps must be a multiple of 10.')
-  params = init_params(_WIDTH.value, _DEPTH.value)
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.normal(size=(_BATCH.value, _WIDTH.value)), jnp.float32)
+  model = MLP(_WIDTH.value, _DEPTH.value)
+  params = model.init(jax.random.key(0), x[:1])['params']
+  loss_fn = make_loss_fn(model)
   y = jnp.asarray(rng.integers(0, 10, size=_BATCH.value), jnp.int32)
   names = list(_ARMS.value)
   base = 'sgd' if 'sgd' in names else names[0]
@@ -259,7 +260,7 @@ def main(argv):
   ]
   arms, carries = {}, {}
   for name in names:
-    fn, carry = make_arm(name, jax.tree.map(jnp.copy, params))
+    fn, carry = make_arm(name, loss_fn, jax.tree.map(jnp.copy, params))
     arms[name], carries[name] = fn, carry
   times = _time(arms, carries, ((x, y),), _REPS.value, _STEPS.value)
   del arms, carries
@@ -272,7 +273,7 @@ def main(argv):
   rows += ['\nOptimizer update alone (fixed gradient and statistics):\n']
   arms, carries = {}, {}
   for name in names:
-    fn, carry = make_update_arm(name, params, (x, y))
+    fn, carry = make_update_arm(name, loss_fn, params, (x, y))
     arms[name], carries[name] = fn, carry
   times = _time(arms, carries, (), _REPS.value, _STEPS.value)
   rows += _table(times, base, names) + [''] + _refresh_rows(times)

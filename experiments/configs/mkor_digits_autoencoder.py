@@ -22,8 +22,8 @@ seeds is ``python -m batchax.experiments.reproduce --table=mkor``
 
 Test mean squared error on the 360 held-out digits, seed 0 (seed 1:
 0.0117; SGD-momentum at the same learning rate: 0.0130 and 0.0119). MKOR
-reaches a smoothed training loss of 0.015 in 165 steps where SGD-momentum
-needs 275 (docs/results/mkor.md):
+reaches a smoothed training loss of 0.015 in 190 steps where SGD-momentum
+needs 283 (means over seeds 0-2; seed 0: 160 and 310; docs/results/mkor.md):
 
 Expected: test_mse 0.0116 +- 0.0005 after 600 steps
 """
