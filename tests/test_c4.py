@@ -53,6 +53,22 @@ def test_load_through_tfds_mock_data():
   assert x[0, 0] == c4.DOCUMENT_START and x.max() <= 256
 
 
+def test_reserved_mask_token_widens_the_vocabulary_only():
+  config = ml_collections.ConfigDict(
+    dict(name='c4', seq_len=16, num_examples=3, num_test=0)
+  )
+  with tfds.testing.mock_data(num_examples=5):
+    plain = data.load(config)
+    config.reserve_mask_token = True
+    masked = data.load(config)
+    rows = np.array([0, 1, 2])
+    np.testing.assert_array_equal(
+      masked.train.get(rows)[0], plain.train.get(rows)[0]
+    )
+  # The mkor_bert_lamb:c4 [MASK] id, 257, is in range and never in the text.
+  assert (plain.num_classes, masked.num_classes) == (257, 258)
+
+
 def test_missing_data_is_a_clear_error(tmp_path):
   config = ml_collections.ConfigDict(dict(data_dir=str(tmp_path)))
   with pytest.raises(ValueError, match='Runs never download'):

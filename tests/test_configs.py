@@ -28,6 +28,7 @@ ARGS = {
     'cifar100_augmented',
   ),
   'frugal_llama_c4': ('60m', '130m', '350m', '1b'),
+  'mkor_bert_lamb': (None, 'c4'),
   'batchformer_mnist1d_lt': ('ce', 'bf_no_share'),
   'cifar100_lt_batchformer': ('bsoftmax', 'bsoftmax_bf'),
   'cifar_unmix_source': ('cifar10', 'cifar100'),

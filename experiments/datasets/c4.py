@@ -92,12 +92,14 @@ def load(dataset_config) -> data.Dataset:
     dataset_config: ``config.dataset``; reads ``tfds_name`` (default
       ``'c4/en'``), ``data_dir``, ``train_split`` (``'train'``),
       ``test_split`` (``'validation'``), ``seq_len`` (256),
-      ``num_examples`` (training documents; 0: all) and ``num_test``
-      (validation documents; 0: all).
+      ``num_examples`` (training documents; 0: all), ``num_test``
+      (validation documents; 0: all) and ``reserve_mask_token`` (False;
+      True adds the id 257, which never occurs in the text, for the
+      ``masked_lm`` task's [MASK]).
 
   Returns:
-    A ``data.Dataset`` with ``num_classes`` the vocabulary (257) and
-    ``input_shape`` ``(seq_len,)``.
+    A ``data.Dataset`` with ``num_classes`` the vocabulary (257, or 258 with
+    the mask token) and ``input_shape`` ``(seq_len,)``.
 
   Raises:
     ValueError: the data set is not prepared in ``data_dir``.
@@ -133,6 +135,6 @@ def load(dataset_config) -> data.Dataset:
     name,
     source(train, int(c.get('num_examples', 0))),
     source(test, int(c.get('num_test', 0))),
-    VOCAB_SIZE,
+    VOCAB_SIZE + int(bool(c.get('reserve_mask_token', False))),
     (seq_len,),
   )
