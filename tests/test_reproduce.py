@@ -112,42 +112,37 @@ def test_quick_run_writes_only_to_out_dir(tmp_path, capsys):
     reproduce.reproduce(table, str(out), quick=True, update_docs=True)
 
 
-def test_update_docs_copies_page_and_plots(tmp_path, monkeypatch):
+def _ghost_bn_to_docs(tmp_path, monkeypatch, docs):
+  """Runs the ghost_bn table on fake results with ``update_docs``."""
   fake = _fake_results(random.Random(2))
   monkeypatch.setattr(
     reproduce,
     'run_arm',
     lambda table, arm, seed, out_dir, quick: fake[arm.name][seed],
   )
-  docs = tmp_path / 'docs'
   table = reproduce.load_table('ghost_bn')
   reproduce.reproduce(
     table, str(tmp_path / 'out'), update_docs=True, docs_dir=str(docs)
   )
+  return (tmp_path / 'out' / 'ghost_bn.md').read_text()
+
+
+def test_update_docs_copies_page_and_plots(tmp_path, monkeypatch):
+  docs = tmp_path / 'docs'
+  page = _ghost_bn_to_docs(tmp_path, monkeypatch, docs)
   assert sorted(os.listdir(docs)) == ['ghost_bn.md', 'ghost_bn.png']
-  page = (docs / 'ghost_bn.md').read_text()
   assert '--table=ghost_bn --update_docs' in page
-  assert page == (tmp_path / 'out' / 'ghost_bn.md').read_text()
+  assert page == (docs / 'ghost_bn.md').read_text()
 
 
 def test_update_docs_spares_a_hand_written_page(tmp_path, monkeypatch):
-  fake = _fake_results(random.Random(2))
-  monkeypatch.setattr(
-    reproduce,
-    'run_arm',
-    lambda table, arm, seed, out_dir, quick: fake[arm.name][seed],
-  )
   docs = tmp_path / 'docs'
   docs.mkdir()
   mine = f'# Analysis\n{reproduce.HAND_WRITTEN}\nText a run cannot write.\n'
   (docs / 'ghost_bn.md').write_text(mine)
-  table = reproduce.load_table('ghost_bn')
-  reproduce.reproduce(
-    table, str(tmp_path / 'out'), update_docs=True, docs_dir=str(docs)
-  )
+  page = _ghost_bn_to_docs(tmp_path, monkeypatch, docs)
   assert (docs / 'ghost_bn.md').read_text() == mine
-  generated = (docs / 'ghost_bn.generated.md').read_text()
-  assert generated == (tmp_path / 'out' / 'ghost_bn.md').read_text()
+  assert (docs / 'ghost_bn.generated.md').read_text() == page
 
 
 def test_table_all_runs_every_table_in_its_own_dir(tmp_path, monkeypatch):
