@@ -38,11 +38,16 @@ def _tracked_text_files():
   ]
 
 
+# Notes kept outside the repository; spelled in parts so that this file,
+# which the test also reads, does not name them either.
+_OUTSIDE = ('shared' + '/' + 'specs', 'tables' + '.md')
+
+
 def test_no_references_outside_the_repository():
   for path in _tracked_text_files():
     text = _read(path)
-    assert 'shared/specs' not in text, path
-    assert 'tables.md' not in text, path
+    for name in _OUTSIDE:
+      assert name not in text, (path, name)
 
 
 def test_benchmark_pages_describe_the_machine_only():
