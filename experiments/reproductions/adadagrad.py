@@ -54,6 +54,7 @@ from batchax.experiments.reproductions.table import (
   Table,
   apply_overrides,
   last,
+  save_figure,
 )
 
 ADAGRAD_NORM_LR = 3.0
@@ -354,11 +355,7 @@ def plot(results, prefix):
       f'AdAdaGrad on {problem}: accuracy vs steps and vs samples '
       f'(mean of {seeds} seed(s))'
     )
-    fig.tight_layout()
-    path = f'{prefix}_{problem}.png'
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    paths.append(path)
+    paths.append(save_figure(fig, f'{prefix}_{problem}.png', dpi=110))
   return paths
 
 

@@ -21,6 +21,7 @@ from batchax.experiments.reproductions.table import (
   Table,
   last,
   mean_over_seeds,
+  save_figure,
 )
 
 
@@ -121,11 +122,7 @@ def plot(results, prefix):
   ax.set_ylabel('test accuracy (%)')
   ax.legend(fontsize=8)
   ax.set_title('Long-tailed MNIST-1D (imbalance 100), mean ± sd over seeds')
-  fig.tight_layout()
-  path = f'{prefix}.png'
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, f'{prefix}.png')]
 
 
 TABLE = Table(

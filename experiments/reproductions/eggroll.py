@@ -17,7 +17,12 @@ accuracy against generations (one generation = one update). CartPole is
 from __future__ import annotations
 
 from batchax.experiments.configs import default, eggroll_mnist1d
-from batchax.experiments.reproductions.table import Arm, Table, last
+from batchax.experiments.reproductions.table import (
+  Arm,
+  Table,
+  last,
+  save_figure,
+)
 
 STEPS = 1500
 
@@ -79,10 +84,7 @@ def _plot(results, prefix):
   ax.set_title('MNIST-1D, MLP 40-128-10, population 256')
   ax.legend()
   path = os.path.join(os.path.dirname(prefix), 'eggroll_mnist1d.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, path, dpi=100)]
 
 
 TABLE = Table(

@@ -12,7 +12,12 @@ episodes against generations; 500 is solved. Needs the ``rl`` extra.
 from __future__ import annotations
 
 from batchax.experiments.configs import eggroll_cartpole
-from batchax.experiments.reproductions.table import Arm, Table, last
+from batchax.experiments.reproductions.table import (
+  Arm,
+  Table,
+  last,
+  save_figure,
+)
 
 STEPS = 60
 
@@ -55,10 +60,7 @@ def _plot(results, prefix):
   ax.set_title('CartPole-v1, policy 4-32-2, population 128')
   ax.legend()
   path = os.path.join(os.path.dirname(prefix), 'eggroll_cartpole.png')
-  fig.tight_layout()
-  fig.savefig(path, dpi=100)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, path, dpi=100)]
 
 
 TABLE = Table(

@@ -44,6 +44,7 @@ from batchax.experiments.reproductions.table import (  # noqa: E402
   Table,
   apply_overrides,
   last,
+  save_figure,
 )
 
 LR = 3e-3
@@ -370,11 +371,7 @@ def plot(results, prefix):
   axes[1].set_title('second half')
   axes[0].legend(fontsize=7)
   fig.suptitle('FRUGAL on a micro LLaMA, order-2 Markov data (mean of seeds)')
-  fig.tight_layout()
-  path = f'{prefix}.png'
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, f'{prefix}.png')]
 
 
 TABLE = Table(

@@ -27,6 +27,7 @@ from batchax.experiments.reproductions.table import (
   Table,
   last,
   mean_over_seeds,
+  save_figure,
 )
 
 SMALL, LARGE, EPOCHS = 32, 1024, 10
@@ -183,11 +184,7 @@ def plot(results, prefix):
   lo = min(p.get_height() for p in axes[1].patches)
   axes[1].set_ylim(lo - 3, None)
   fig.suptitle('Ghost BN regime on MNIST-1D (mean over seeds)')
-  fig.tight_layout()
-  path = f'{prefix}.png'
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, f'{prefix}.png')]
 
 
 TABLE = Table(

@@ -23,7 +23,12 @@ from __future__ import annotations
 import numpy as np
 
 from batchax.experiments.configs import default
-from batchax.experiments.reproductions.table import Arm, Table, last
+from batchax.experiments.reproductions.table import (
+  Arm,
+  Table,
+  last,
+  save_figure,
+)
 
 LEARNING_RATES = (1e-3, 3e-3, 1e-2)
 STEPS = 1500
@@ -110,11 +115,7 @@ def plot(results, prefix):
     ax.legend()
   axes[0].set_ylabel('training loss (mean, min-max over seeds)')
   fig.suptitle('LSTM vs LN-LSTM on MNIST-1D as a 40-step sequence')
-  fig.tight_layout()
-  path = f'{prefix}.png'
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, f'{prefix}.png')]
 
 
 NOTES = """

@@ -42,6 +42,7 @@ from batchax.experiments.reproductions.table import (
   Arm,
   Table,
   mean_over_seeds,
+  save_figure,
 )
 
 STEPS = 600
@@ -481,11 +482,7 @@ def plot(results, prefix):
       ax.set_title(title)
       ax.legend(fontsize=8)
   fig.suptitle('MKOR vs SGD-momentum, Adam and KFAC (mean over seeds)')
-  fig.tight_layout()
-  path = f'{prefix}.png'
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, f'{prefix}.png', dpi=110)]
 
 
 TABLE = Table(

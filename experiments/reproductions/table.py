@@ -48,6 +48,16 @@ class Table:
   evaluate: Callable[[Any, str, bool], dict] | None = None
 
 
+def save_figure(fig, path: str, dpi: int = 120) -> str:
+  """Lays out a matplotlib figure, writes it to ``path``, closes it."""
+  import matplotlib.pyplot as plt  # Imported lazily: plots are optional.
+
+  fig.tight_layout()
+  fig.savefig(path, dpi=dpi)
+  plt.close(fig)
+  return path
+
+
 def last(key: str) -> Callable[[list[dict]], float]:
   """The last logged value of ``key`` in a run."""
   return lambda records: [r[key] for r in records if key in r][-1]

@@ -26,7 +26,12 @@ import numpy as np
 
 from batchax.experiments import streams, test_time
 from batchax.experiments.configs import unmix_source_mnist1d
-from batchax.experiments.reproductions.table import Arm, Table, last
+from batchax.experiments.reproductions.table import (
+  Arm,
+  Table,
+  last,
+  save_figure,
+)
 
 ORDERS = (
   ('iid', 'iid', None),
@@ -259,11 +264,7 @@ def plot(results, prefix):
   axes[0].set_ylabel('error (%), mean over corruptions')
   axes[0].legend(fontsize=8)
   fig.suptitle('Test-time normalization on corrupted MNIST-1D streams')
-  fig.tight_layout()
-  path = f'{prefix}.png'
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return [path]
+  return [save_figure(fig, f'{prefix}.png')]
 
 
 TABLE = Table(
