@@ -186,3 +186,45 @@ def test_eggroll_plots_land_in_out_dir(tmp_path, name, key):
   paths = table.plot(results, str(tmp_path / table.name))
   assert paths and all(os.path.dirname(p) == str(tmp_path) for p in paths)
   assert all(os.path.exists(p) for p in paths)
+
+
+def _records(accuracies, batch):
+  """Eval records every 5 steps with the given test accuracies."""
+  return [
+    {
+      'step': 5 * (i + 1),
+      'samples_seen': 5 * (i + 1) * batch,
+      'test_accuracy': a,
+    }
+    for i, a in enumerate(accuracies)
+  ]
+
+
+def test_adadagrad_notes_read_steps_to_each_optimizers_target():
+  from batchax.experiments.reproductions import adadagrad
+
+  # Targets: AdaGrad-Norm b=16 ends at 0.90 (one seed: no sd), AdaGrad
+  # b=16 at 0.80. The adaptive AdaGrad arm reaches 0.80 at step 10 and
+  # 0.90 never; the AdaGrad-Norm one reaches 0.90 at step 15.
+  results = {
+    'digits: AdaGrad-Norm b=16': [_records([0.5, 0.7, 0.9, 0.9], 16)],
+    'digits: AdaGrad b=16': [_records([0.5, 0.6, 0.7, 0.8], 16)],
+    'digits: AdAdaGrad norm eta=1.0': [_records([0.6, 0.8, 0.85], 64)],
+    'digits: AdAdaGrad-Norm norm eta=1.0': [_records([0.6, 0.8, 0.95], 64)],
+  }
+  notes = adadagrad.notes(results)
+  assert '90.00% for AdaGrad-Norm and 80.00% for AdaGrad' in notes
+  cells = [
+    [c.strip() for c in line.strip('|').split('|')]
+    for line in notes.splitlines()
+    if line.startswith('| ') and ('b=16' in line or 'eta=' in line)
+  ]
+  rows = {c[0]: c[4:8] for c in cells}
+  assert rows['AdAdaGrad norm eta=1.0'] == [
+    'not reached',
+    'not reached',
+    '10',
+    '640',
+  ]
+  assert rows['AdAdaGrad-Norm norm eta=1.0'] == ['15', '960', '10', '640']
+  assert rows['AdaGrad-Norm b=16'][:2] == ['15', '240']
