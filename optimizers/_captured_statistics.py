@@ -119,9 +119,30 @@ def _sum_units(spec, x, y):
   return jnp.einsum(spec, x, y, precision=_HIGHEST)
 
 
+def _unit_mean(x):
+  """Mean over the unit axis of ``[K, ...]``, as a matrix-vector product.
+
+  XLA:CPU reduces over a leading axis with a strided loop that costs more
+  than the batched matmul that made ``x``; a dot with ``1/K`` reads ``x``
+  once, contiguously. A sharded unit axis keeps ``jnp.mean`` (a dot would
+  need its operands sharded alike).
+  """
+  sharding = getattr(jax.typeof(x), 'sharding', None)
+  lead = getattr(sharding, 'spec', None)
+  if lead and lead[0] is not None:
+    return jnp.mean(x, axis=0)
+  weights = jnp.full((x.shape[0],), 1.0 / x.shape[0], x.dtype)
+  return jnp.tensordot(weights, x, axes=1, precision=_HIGHEST)
+
+
 def _from_units(unit_grads, direction, projections):
-  """(mean, per-unit ``||G_k - m||^2``, ``<G_k, u>``) of materialised ``G``."""
-  mean = jnp.mean(unit_grads, axis=0)
+  """(mean, per-unit ``||G_k - m||^2``, ``<G_k, u>``) of materialised ``G``.
+
+  Two passes over ``G``: the mean, then the deviations from it (and the
+  projections, a sibling reduction that XLA fuses with them), so the sum of
+  squares never subtracts large nearly equal numbers.
+  """
+  mean = _unit_mean(unit_grads)
   dev = unit_grads - mean[None]
   u = _unit(mean) if direction is None else direction
   proj = _dot(unit_grads, u[None]) if projections else None
@@ -161,8 +182,12 @@ def _linear(a, d, names, directions, use_gram, projections):
         proj = jnp.sum((au * d).reshape(k, -1), axis=1)
       res = (mean, norm - jnp.sum(mean * mean), proj)
     else:
-      g = jnp.einsum('kpi,kpo->kio', a, d, precision=_HIGHEST)
-      res = _from_units(g, direction, projections)
+      # G_k^T ([K, d_out, d_in]): XLA:CPU's batched matmul writes this
+      # layout faster than [K, d_in, d_out].
+      g = jnp.einsum('kpi,kpo->koi', a, d, precision=_HIGHEST)
+      t = None if direction is None else direction.T
+      mean, sq, proj = _from_units(g, t, projections)
+      res = (mean.T, sq, proj)
     out['kernel'] = res
   if 'bias' in names:
     out['bias'] = _from_units(
