@@ -249,9 +249,10 @@ def _linear_uses_gram(q: int, d_in: int, d_out: int) -> bool:
   materialised gradient, which runs as a batched matmul; counting neither
   leaves ``q^2 (d_in + d_out) <= 3 d_in d_out``: Dense layers without
   positions (``q = 1``) take the Gram form, convolutions over tens of
-  positions the materialised one (measured on a 2-core CPU, 1-D CNN of
-  ``experiments/benchmarks/adadagrad_step.py``: the Gram form over patch
-  rows costs 1.6x a plain step, the materialised form 1.2x).
+  positions the materialised one (on the 1-D CNN of
+  ``experiments/benchmarks/adadagrad_step.py``, one run on a loaded 2-core
+  CPU, a norm-test step cost 1.6x a plain step with the Gram form over
+  patch rows forced on its Conv layers, 1.2x with the materialised form).
   """
   gram = q * q * (d_in + d_out) + q * d_in * d_out
   materialised = q * d_in * d_out + 3 * d_in * d_out
