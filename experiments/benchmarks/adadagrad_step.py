@@ -24,11 +24,21 @@ which cancels most of the drift of a shared machine.
 Models: an MLP ``40 -> 256 -> 256 -> 10`` (tanh) and a 1-D CNN
 ``2 x [Conv(k=5), relu] -> mean -> Dense 10`` on ``(batch, 40, 1)``.
 
+With ``--reference=PATH`` (another version of
+``optimizers/_captured_statistics.py``, e.g. from an earlier commit) the two
+captures arms are also timed with that version's
+``captured_gradient_statistics``, in the same process, so a change to it is
+measured side by side with the code before it.
+
 Usage::
 
   python -m batchax.experiments.benchmarks.adadagrad_step
+  git show <commit>:optimizers/_captured_statistics.py > /tmp/before.py
+  python -m batchax.experiments.benchmarks.adadagrad_step \\
+    --reference=/tmp/before.py
 """
 
+import importlib.util
 import random
 import statistics
 import time
@@ -41,12 +51,26 @@ import optax
 from absl import app, flags
 
 import batchax.optimizers as bo
+from batchax.optimizers import capture
 
 _REPS = flags.DEFINE_integer('reps', 25, 'Interleaved repetitions.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Train steps per arm and rep.')
 _BATCH = flags.DEFINE_integer('batch', 128, 'Micro-batch size.')
 _GROUPS = flags.DEFINE_list('group_sizes', ['1', '4', '16'], 'Group sizes.')
 _MODELS = flags.DEFINE_list('models', ['mlp', 'cnn'], 'Models to time.')
+_BREAKDOWN = flags.DEFINE_bool(
+  'breakdown',
+  False,
+  'Instead of the arms, time the pieces of the CNN step with exact '
+  'statistics from captures, each alone, against the plain step.',
+)
+_REFERENCE = flags.DEFINE_string(
+  'reference',
+  None,
+  'Path of another version of optimizers/_captured_statistics.py (e.g. '
+  '`git show <commit>:optimizers/_captured_statistics.py > old.py`), timed '
+  'beside the current one as the arms "..., reference".',
+)
 
 
 class MLP(nn.Module):
@@ -68,6 +92,14 @@ class CNN1D(nn.Module):
     for features in (32, 64):
       x = nn.relu(nn.Conv(features, (5,))(x))
     return nn.Dense(10)(x.mean(axis=1))
+
+
+def _reference_statistics(path: str):
+  """``captured_gradient_statistics`` of the module file at ``path``."""
+  spec = importlib.util.spec_from_file_location('reference_statistics', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.captured_gradient_statistics
 
 
 def _arms(model: nn.Module, batch_size: int, group_sizes):
@@ -93,44 +125,38 @@ def _arms(model: nn.Module, batch_size: int, group_sizes):
 
   arms['baseline'] = (baseline, (params, base.init(params)))
 
-  def test_opt():
+  def test_opt(test='augmented'):
     return bo.adadagrad_norm(
       0.1,
-      test='augmented',
+      test=test,
       initial_batch_size=batch_size,
       max_batch_size=64 * batch_size,
       micro_batch_size=batch_size,
     )
 
-  fast_opt = test_opt()
+  def captures_arm(stats_fn, test):
+    opt = test_opt(test)
 
-  @jax.jit
-  def fast(params, state, batch):
-    stats, grads, _ = bo.captured_gradient_statistics(loss_fn, params, batch)
-    updates, state = fast_opt.update(grads, state, params, grad_stats=stats)
-    return optax.apply_updates(params, updates), state
+    @jax.jit
+    def step(params, state, batch):
+      stats, grads, _ = stats_fn(
+        loss_fn, params, batch, projections=test != 'norm'
+      )
+      updates, state = opt.update(grads, state, params, grad_stats=stats)
+      return optax.apply_updates(params, updates), state
 
-  arms['test, captures (exact)'] = (fast, (params, fast_opt.init(params)))
-  norm_opt = bo.adadagrad_norm(
-    0.1,
-    test='norm',
-    initial_batch_size=batch_size,
-    max_batch_size=64 * batch_size,
-    micro_batch_size=batch_size,
-  )
+    return step, (params, opt.init(params))
 
-  @jax.jit
-  def fast_norm(params, state, batch):
-    stats, grads, _ = bo.captured_gradient_statistics(
-      loss_fn, params, batch, projections=False
+  stats_fns = {'': bo.captured_gradient_statistics}
+  if _REFERENCE.value:
+    stats_fns[', reference'] = _reference_statistics(_REFERENCE.value)
+  for suffix, stats_fn in stats_fns.items():
+    arms[f'test, captures (exact{suffix})'] = captures_arm(
+      stats_fn, 'augmented'
     )
-    updates, state = norm_opt.update(grads, state, params, grad_stats=stats)
-    return optax.apply_updates(params, updates), state
-
-  arms['norm test only, captures (exact)'] = (
-    fast_norm,
-    (params, norm_opt.init(params)),
-  )
+    arms[f'norm test only, captures (exact{suffix})'] = captures_arm(
+      stats_fn, 'norm'
+    )
   *_, plan = bo.captured_gradient_statistics(
     loss_fn, params, (x, y), return_plan=True
   )
@@ -157,9 +183,8 @@ def _run(fn, carry, batch, steps):
   return carry
 
 
-def benchmark(model_name: str, model: nn.Module):
-  group_sizes = [int(g) for g in _GROUPS.value]
-  arms, batch = _arms(model, _BATCH.value, group_sizes)
+def _report(title: str, arms, batch):
+  """Times ``arms`` interleaved and prints their ratios to ``'baseline'``."""
   carries = {}
   for name, (fn, carry) in arms.items():  # warm-up: compile and run
     carries[name] = _run(fn, carry, batch, 2)
@@ -172,9 +197,8 @@ def benchmark(model_name: str, model: nn.Module):
       start = time.perf_counter()
       carries[name] = _run(arms[name][0], carries[name], batch, _STEPS.value)
       times[name].append((time.perf_counter() - start) / _STEPS.value)
-  n_params = sum(x.size for x in jax.tree.leaves(arms['baseline'][1][0]))
   rows = [
-    f'\n{model_name} ({n_params} params), micro-batch {_BATCH.value}\n',
+    f'\n{title}\n',
     '| arm | median ms / step | median ratio to baseline | ratio IQR |',
     '| --- | ---: | ---: | ---: |',
   ]
@@ -188,9 +212,134 @@ def benchmark(model_name: str, model: nn.Module):
   print('\n'.join(rows), flush=True)
 
 
+def benchmark(model_name: str, model: nn.Module):
+  group_sizes = [int(g) for g in _GROUPS.value]
+  arms, batch = _arms(model, _BATCH.value, group_sizes)
+  n_params = sum(x.size for x in jax.tree.leaves(arms['baseline'][1][0]))
+  title = f'{model_name} ({n_params} params), micro-batch {_BATCH.value}'
+  _report(title, arms, batch)
+
+
+def _piece(fn, *inputs):
+  """An arm that runs ``jit(fn)(*inputs)`` alone (its output is returned)."""
+  jitted = jax.jit(fn)
+
+  def step(inputs, out, batch):
+    del out, batch  # Only the inputs are carried (not copied by the jit).
+    return inputs, jitted(*inputs)
+
+  return step, (inputs, jitted(*inputs))
+
+
+def _patches(x, k: int):
+  """``[N, P, k * C]`` rows of a 'SAME' 1-D convolution, as the capture's."""
+  x = jnp.pad(x, [(0, 0), ((k - 1) // 2, k // 2), (0, 0)])
+  p = x.shape[1] - k + 1
+  views = [x[:, i : i + p] for i in range(k)]
+  return jnp.stack(views, axis=-2).reshape(x.shape[0], p, -1)
+
+
+def _conv_weight_grad(x, d, k: int):
+  """The plain backward's kernel gradient of a 'SAME' 1-D convolution."""
+
+  def conv(w):
+    return jax.lax.conv_general_dilated(
+      x, w, (1,), 'SAME', dimension_numbers=('NHC', 'HIO', 'NHC')
+    )
+
+  kernel = jnp.zeros((k, x.shape[-1], d.shape[-1]), x.dtype)
+  return jax.vjp(conv, kernel)[1](d)[0]
+
+
+def breakdown():
+  """The pieces of the CNN step with exact statistics, each timed alone.
+
+  On the captures of the CNN's two Conv layers (``conv1``: 1 -> 32
+  channels, ``conv2``: 32 -> 64, kernel 5, 40 positions): the kernel
+  gradients that the captures replace, the patch copies and per-unit
+  gradients ``G`` they add, the reductions over ``G`` and, for comparison,
+  the Gram matrices of the Gram form.
+  """
+  b = _BATCH.value
+  arms, batch = _arms(CNN1D(), b, [])
+  arms = {'baseline': arms['baseline']}
+  params = arms['baseline'][1][0]
+
+  def loss_fn(params, batch):
+    xb, yb = batch
+    logits = CNN1D().apply({'params': params}, xb)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+  _, _, caps = capture.value_and_grad_with_captures(
+    loss_fn, params, batch, layers=('Conv',)
+  )
+  k, hi = 5, jax.lax.Precision.HIGHEST
+  x1, d1 = batch[0][..., None], caps['Conv_0'].out_grads * b
+  a2, d2 = caps['Conv_1'].inputs, caps['Conv_1'].out_grads * b
+  x2 = a2[..., 2 * 32 : 3 * 32]  # The centre tap: conv2's own input.
+  g2 = jnp.einsum('kpi,kpo->koi', a2, d2, precision=hi)
+  ones = jnp.full((b,), 1.0 / b)
+  u = g2[0] / jnp.linalg.norm(g2[0])
+
+  def mean_dev(g, proj):
+    m = jnp.tensordot(ones, g, axes=1, precision=hi)
+    sq = jnp.sum(jnp.square(g - m).reshape(b, -1), axis=1)
+    return (m, sq, jnp.sum((g * u).reshape(b, -1), axis=1)) if proj else (m, sq)
+
+  def gram(x):
+    return jnp.einsum('kpi,kqi->kpq', x, x, precision=hi)
+
+  pieces = {
+    'conv2 kernel gradient (plain backward)': (
+      lambda x, d: _conv_weight_grad(x, d, k),
+      x2,
+      d2,
+    ),
+    'conv1 kernel gradient (plain backward)': (
+      lambda x, d: _conv_weight_grad(x, d, k),
+      x1,
+      d1,
+    ),
+    'conv2 patches': (lambda x: _patches(x, k), x2),
+    'conv2 G as [K, d_out, d_in]': (
+      lambda a, d: jnp.einsum('kpi,kpo->koi', a, d, precision=hi),
+      a2,
+      d2,
+    ),
+    'conv2 G as [K, d_in, d_out]': (
+      lambda a, d: jnp.einsum('kpi,kpo->kio', a, d, precision=hi),
+      a2,
+      d2,
+    ),
+    'conv1 patches and G': (
+      lambda x, d: jnp.einsum('kpi,kpo->koi', _patches(x, k), d, precision=hi),
+      x1,
+      d1,
+    ),
+    'conv2 mean of G, dot with 1/K': (
+      lambda g: jnp.tensordot(ones, g, axes=1, precision=hi),
+      g2,
+    ),
+    'conv2 mean of G, jnp.mean': (lambda g: jnp.mean(g, axis=0), g2),
+    'conv2 mean and deviations of G': (lambda g: mean_dev(g, False), g2),
+    'conv2 mean, deviations, projections': (lambda g: mean_dev(g, True), g2),
+    'conv2 Gram of patch rows': (gram, a2),
+    'conv2 Gram of output gradients': (gram, d2),
+    'conv2 Gram of its (unpatched) input': (gram, x2),
+  }
+  for name, (fn, *inputs) in pieces.items():
+    arms[name] = _piece(fn, *inputs)
+  _report(
+    f'cnn pieces, micro-batch {b} (baseline: the plain step)', arms, batch
+  )
+
+
 def main(argv):
   del argv
   print(f'jax {jax.__version__}, devices: {jax.devices()}')
+  if _BREAKDOWN.value:
+    breakdown()
+    return
   models = {'mlp': MLP(), 'cnn': CNN1D()}
   for name in _MODELS.value:
     benchmark(name, models[name])
