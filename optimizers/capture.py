@@ -62,7 +62,6 @@ What is captured, and what is not:
 from __future__ import annotations
 
 import collections
-import itertools
 import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
@@ -262,15 +261,27 @@ def _sliced_patches(x, n, kernel_size, strides, dilation, padding):
     )
   ]
   out = [(x.shape[i + 1] - dilated[i]) // strides[i] + 1 for i in range(rank)]
-  views = []
-  for offset in itertools.product(*(range(k) for k in kernel_size)):
-    index = tuple(
-      slice(o * d, o * d + (m - 1) * s + 1, s)
-      for o, d, m, s in zip(offset, dilation, out, strides)
-    )
-    views.append(x[(slice(None),) + index])
-  patches = jnp.stack(views, axis=-2)  # [N, *out, prod(k), C_in]
-  return patches.reshape(n, -1, patches.shape[-2] * patches.shape[-1])
+  # One spatial axis at a time, axis i becoming (out_i, k_i): a k x k
+  # kernel takes 2k slices rather than k^2 (faster on CPU for 2-D inputs;
+  # the same program for 1-D).
+  for i in range(rank):
+    axis = 1 + 2 * i
+    x = jnp.stack(
+      [
+        jax.lax.slice_in_dim(
+          x,
+          o * dilation[i],
+          o * dilation[i] + (out[i] - 1) * strides[i] + 1,
+          strides[i],
+          axis=axis,
+        )
+        for o in range(kernel_size[i])
+      ],
+      axis=axis + 1,
+    )  # [N, out_0, k_0, ..., out_i, k_i, spatial_{i+1}, ..., C_in]
+  order = [0, *range(1, 2 * rank, 2), *range(2, 2 * rank + 1, 2), 2 * rank + 1]
+  patches = jnp.transpose(x, order)  # [N, *out, *k, C_in]
+  return patches.reshape(n, -1, math.prod(kernel_size) * x.shape[-1])
 
 
 def _rows(module, kind: str, x, path: Path) -> jax.Array:
