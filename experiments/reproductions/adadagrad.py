@@ -16,9 +16,8 @@ budget of samples processed, on two problems:
 Methods (``ARMS``, the full grid, which the committed page ran with 3
 seeds; ``SUBSET_ARMS`` a smaller grid for a first look):
 
-* AdaGrad-Norm with constant batches 16, 64, 256, 1,024 and 4,096 (capped
-  at b_max), and coordinate-wise AdaGrad with the constant batch of 16 (the
-  small batch that AdAdaGrad starts from);
+* AdaGrad-Norm and coordinate-wise AdaGrad with constant batches 16, 64,
+  256, 1,024 and 4,096 (capped at b_max);
 * the constant b_max batch with the large-batch regime of Hoffer et al.
   (arXiv 1705.08741): learning rate x sqrt(b / 16) (the models have no
   BatchNorm, so Ghost BatchNorm does not apply; the regime adaptation, x
@@ -161,14 +160,20 @@ def _arms(problem: str, grid: str = 'full') -> list[Arm]:
         f'constant batch {b}',
       )
     )
-  if not subset:
-    # The small-batch baseline of coordinate-wise AdAdaGrad: its own
-    # optimizer at the constant batch it starts from.
+  # Coordinate-wise AdAdaGrad's constant-batch baselines: its own
+  # optimizer at every constant batch (the subset has none).
+  for b in [] if subset else constants:
     arms.append(
       Arm(
-        f'{problem}: AdaGrad b={SMALL}',
-        {**common, **_OPTIMIZERS['AdaGrad'], 'eval_every': EVAL_EVERY},
-        f'coordinate-wise AdaGrad (lr {ADAGRAD_LR}), constant batch {SMALL}',
+        f'{problem}: AdaGrad b={b}',
+        {
+          **common,
+          **_OPTIMIZERS['AdaGrad'],
+          'batch_size': b,
+          'micro_batch_size': _micro(b),
+          'eval_every': EVAL_EVERY,
+        },
+        f'coordinate-wise AdaGrad (lr {ADAGRAD_LR}), constant batch {b}',
       )
     )
   arms.append(
