@@ -32,7 +32,7 @@ Learning rates are fixed per optimizer (AdaGrad-Norm 3.0, AdaGrad 0.03,
 chosen on the constant batch of 16 of MNIST-1D), not retuned per arm.
 
 Every arm is evaluated every 5 optimizer steps. Run the grid of the
-committed page (3 seeds, about 35 minutes on 2 CPU cores), one problem, or
+committed page (3 seeds, about an hour on 2 CPU cores), one problem, or
 the subset::
 
   python -m batchax.experiments.reproduce --table=adadagrad --seeds=3
