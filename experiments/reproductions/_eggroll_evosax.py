@@ -37,10 +37,6 @@ from batchax.experiments import data, models
 from batchax.experiments.configs import eggroll_mnist1d
 from batchax.experiments.tasks import classification
 
-_STEPS = flags.DEFINE_integer('steps', 1500, 'Generations.')
-_EVAL_EVERY = flags.DEFINE_integer('eval_every', 250, 'Generations per eval.')
-_SEEDS = flags.DEFINE_list('seeds', ['0'], 'Seeds (the trainer seeds).')
-
 
 def _es_settings(config):
   es = config.optimizer.before[0].kwargs
@@ -118,11 +114,17 @@ def run(seed: int, steps: int, eval_every: int) -> list[dict]:
 
 def main(argv):
   del argv
-  for seed in _SEEDS.value:
-    records = run(int(seed), _STEPS.value, _EVAL_EVERY.value)
+  f = flags.FLAGS
+  for seed in f.seeds:
+    records = run(int(seed), f.steps, f.eval_every)
     for r in records:
       print(json.dumps({'arm': 'evosax Open_ES', 'seed': int(seed), **r}))
 
 
 if __name__ == '__main__':
+  # Flags only when run as a script: tests import this module beside
+  # ``reproduce``, whose flags share these names.
+  flags.DEFINE_integer('steps', 1500, 'Generations.')
+  flags.DEFINE_integer('eval_every', 250, 'Generations per eval.')
+  flags.DEFINE_list('seeds', ['0'], 'Seeds (the trainer seeds).')
   app.run(main)
