@@ -239,8 +239,8 @@ def _sliced_patches(x, n, kernel_size, strides, dilation, padding):
   """Patches by strided slices of the padded input (no FLOPs).
 
   ``lax.conv_general_dilated_patches`` is a convolution with one-hot filters,
-  which on CPU costs more than the layer itself; one strided slice per
-  kernel offset copies the same numbers.
+  which on CPU costs more than the layer itself; strided slices, one per
+  kernel offset along each spatial axis in turn, copy the same numbers.
   """
   rank = len(kernel_size)
   spatial = x.shape[1:-1]

@@ -291,10 +291,8 @@ def _target(runs) -> float:
   return np.mean(finals) - (np.std(finals, ddof=1) if len(finals) > 1 else 0)
 
 
-def _reach(runs, target) -> tuple[str, str]:
+def _reach(steps, samples, acc, target) -> tuple[str, str]:
   """Steps and samples at the first evaluation reaching ``target``."""
-  steps, acc = _curve(runs, 'step')
-  samples, _ = _curve(runs, 'samples_seen')
   hit = np.nonzero(acc >= target)[0]
   if not len(hit):
     return 'not reached', 'not reached'
@@ -333,7 +331,7 @@ def notes(results) -> str:
       for n in names:
         steps, acc = _curve(results[n], 'step')
         samples, _ = _curve(results[n], 'samples_seen')
-        reach = [x for _, t in targets for x in _reach(results[n], t)]
+        reach = [x for _, t in targets for x in _reach(steps, samples, acc, t)]
         lines.append(
           f'| {_short(n)} | {acc[-1]:.2f} | {steps[-1]:.0f} | '
           f'{samples[-1]:.0f} | ' + ' | '.join(reach) + ' |'
