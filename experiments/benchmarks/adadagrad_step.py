@@ -39,9 +39,6 @@ Usage::
 """
 
 import importlib.util
-import random
-import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -51,6 +48,7 @@ import optax
 from absl import app, flags
 
 import batchax.optimizers as bo
+from batchax.experiments.benchmarks import timing
 from batchax.optimizers import capture
 
 _REPS = flags.DEFINE_integer('reps', 25, 'Interleaved repetitions.')
@@ -188,26 +186,22 @@ def _report(title: str, arms, batch):
   carries = {}
   for name, (fn, carry) in arms.items():  # warm-up: compile and run
     carries[name] = _run(fn, carry, batch, 2)
-  times = {name: [] for name in arms}
-  names = list(arms)
-  order = random.Random(0)
-  for _ in range(_REPS.value):
-    order.shuffle(names)
-    for name in names:
-      start = time.perf_counter()
-      carries[name] = _run(arms[name][0], carries[name], batch, _STEPS.value)
-      times[name].append((time.perf_counter() - start) / _STEPS.value)
+
+  def run(name):
+    carries[name] = _run(arms[name][0], carries[name], batch, _STEPS.value)
+
+  times = timing.interleaved(run, list(arms), _REPS.value)
+  times = {k: [t / _STEPS.value for t in v] for k, v in times.items()}
   rows = [
     f'\n{title}\n',
     '| arm | median ms / step | median ratio to baseline | ratio IQR |',
     '| --- | ---: | ---: | ---: |',
   ]
   for name in arms:
-    ratios = [t / b for t, b in zip(times[name], times['baseline'])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    s = timing.ratio_stats(times[name], times['baseline'])
     rows.append(
-      f'| {name} | {1e3 * statistics.median(times[name]):.2f} '
-      f'| {statistics.median(ratios):.2f} | {q1:.2f}-{q3:.2f} |'
+      f'| {name} | {1e3 * s.seconds:.2f} '
+      f'| {s.ratio:.2f} | {s.q1:.2f}-{s.q3:.2f} |'
     )
   print('\n'.join(rows), flush=True)
 
