@@ -38,8 +38,6 @@ Usage::
   python -m batchax.experiments.benchmarks.eggroll_throughput --reps=5
 """
 
-import random
-import statistics
 import time
 
 import flax.linen as nn
@@ -49,6 +47,7 @@ import numpy as np
 from absl import app, flags
 
 from batchax import optimizers as bo
+from batchax.experiments.benchmarks import timing
 
 _N = flags.DEFINE_integer('population', 1024, 'Population size N.')
 _M = flags.DEFINE_integer('inputs', 8, 'Inputs per member m.')
@@ -213,30 +212,28 @@ def run(
     jax.block_until_ready(fn(*args))  # compile
     print(f'compiled {name} in {time.perf_counter() - t0:.1f} s', flush=True)
     jax.block_until_ready(fn(*args))  # warm-up
-  times = {k: [] for k in arms}
-  order = list(arms)
-  rng = random.Random(0)
-  for rep in range(reps):
-    rng.shuffle(order)
-    for k in order:
-      fn, args, members = arms[k]
-      t0 = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      # Seconds for the whole population of N members.
-      times[k].append((time.perf_counter() - t0) * n / members)
+
+  def call(k):
+    fn, args, _ = arms[k]
+    jax.block_until_ready(fn(*args))
+
+  def progress(rep):
     print(f'rep {rep + 1}/{reps} done', flush=True)
-  base = np.asarray(times['inference'])
-  egg = np.asarray(times['eggroll'])
+
+  times = timing.interleaved(call, list(arms), reps, after_rep=progress)
+  # Seconds for the whole population of N members.
+  times = {k: [t * n / arms[k][2] for t in v] for k, v in times.items()}
   rows = []
   for k, (_, _, members) in arms.items():
-    t = np.asarray(times[k])
+    # Throughput is inference / arm, the speedup arm / eggroll.
+    speedup = timing.ratio_stats(times[k], times['eggroll'])
     rows.append(
       dict(
         arm=k,
         members=members,
-        seconds=statistics.median(t),
-        throughput=float(np.median(base / t)),
-        eggroll_speedup=float(np.median(t / egg)),
+        seconds=speedup.seconds,
+        throughput=timing.ratio_stats(times['inference'], times[k]).ratio,
+        eggroll_speedup=speedup.ratio,
         paper=PAPER.get(k, ''),
       )
     )
