@@ -33,10 +33,6 @@ import os
 # instead of 0.02 s. Set before numpy and jax load it.
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')
 
-import random  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,6 +41,7 @@ from absl import app, flags
 
 import batchax.optimizers as bo
 from batchax.experiments.architectures import llama
+from batchax.experiments.benchmarks import timing
 
 _REPS = flags.DEFINE_integer('reps', 10, 'Interleaved repetitions.')
 _STEPS = flags.DEFINE_integer('steps', 3, 'Train steps per arm and rep.')
@@ -154,23 +151,18 @@ def time_rows(name: str, update_every: int) -> list[str]:
   carries = {}
   for arm, (fn, carry) in steps.items():  # warm-up: compile and run
     carries[arm] = _run(fn, carry, batch, 2)
-  times = {arm: [] for arm in steps}
-  names = list(steps)
-  order = random.Random(0)
-  for _ in range(_REPS.value):
-    order.shuffle(names)
-    for arm in names:
-      start = time.perf_counter()
-      carries[arm] = _run(steps[arm][0], carries[arm], batch, _STEPS.value)
-      times[arm].append((time.perf_counter() - start) / _STEPS.value)
+
+  def run(arm):
+    carries[arm] = _run(steps[arm][0], carries[arm], batch, _STEPS.value)
+
+  times = timing.interleaved(run, list(steps), _REPS.value)
+  times = {k: [t / _STEPS.value for t in v] for k, v in times.items()}
   rows = []
   for arm in steps:
-    ratios = [t / b for t, b in zip(times[arm], times['adamw'])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    s = timing.ratio_stats(times[arm], times['adamw'])
     rows.append(
-      f'| {name} | {update_every} | {arm} '
-      f'| {1e3 * statistics.median(times[arm]):.1f} '
-      f'| {statistics.median(ratios):.2f} | {q1:.2f}-{q3:.2f} |'
+      f'| {name} | {update_every} | {arm} | {1e3 * s.seconds:.1f} '
+      f'| {s.ratio:.2f} | {s.q1:.2f}-{s.q3:.2f} |'
     )
   return rows
 
