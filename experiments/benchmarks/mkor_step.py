@@ -36,9 +36,7 @@ Usage::
   python -m batchax.experiments.benchmarks.mkor_step
 """
 
-import random
 import statistics
-import time
 
 import flax.linen as nn
 import jax
@@ -49,6 +47,7 @@ from absl import app, flags
 
 import batchax.optimizers as bo
 from batchax.experiments import hooks
+from batchax.experiments.benchmarks import timing
 from batchax.experiments.hooks import layer_statistics
 
 _REPS = flags.DEFINE_integer('reps', 5, 'Interleaved repetitions.')
@@ -189,18 +188,14 @@ def _run(fn, carry, batch, steps):
 
 def _time(arms, carries, batch, reps, steps):
   """Seconds per step of each arm, one entry per interleaved repetition."""
-  names = list(arms)
-  for name in names:  # warm-up: compile and run 10 steps
+  for name in arms:  # warm-up: compile and run 10 steps
     carries[name] = _run(arms[name], carries[name], batch, 10)
-  times = {name: [] for name in names}
-  order = random.Random(0)
-  for _ in range(reps):
-    order.shuffle(names)
-    for name in names:
-      start = time.perf_counter()
-      carries[name] = _run(arms[name], carries[name], batch, steps)
-      times[name].append((time.perf_counter() - start) / steps)
-  return times
+
+  def run(name):
+    carries[name] = _run(arms[name], carries[name], batch, steps)
+
+  times = timing.interleaved(run, list(arms), reps)
+  return {k: [t / steps for t in v] for k, v in times.items()}
 
 
 def _table(times, base, names):
@@ -209,11 +204,10 @@ def _table(times, base, names):
     '| --- | ---: | ---: | ---: |',
   ]
   for name in names:
-    ratios = [t / b for t, b in zip(times[name], times[base])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4, method='inclusive')
+    s = timing.ratio_stats(times[name], times[base], method='inclusive')
     rows.append(
-      f'| {name} | {1e3 * statistics.median(times[name]):.1f} '
-      f'| {statistics.median(ratios):.2f} | {q1:.2f}-{q3:.2f} |'
+      f'| {name} | {1e3 * s.seconds:.1f} '
+      f'| {s.ratio:.2f} | {s.q1:.2f}-{s.q3:.2f} |'
     )
   return rows
 
@@ -232,10 +226,8 @@ def _refresh_rows(times):
         f'| {kind} | {1e3 * q2:.1f} | {1e3 * q1:.1f}-{1e3 * q3:.1f} |'
       )
   if len(refresh) == 2:
-    ratios = [a / b for a, b in zip(refresh['mkor'], refresh['kfac'])]
-    rows.append(
-      f'\nmkor / kfac refresh time: median {statistics.median(ratios):.3f}'
-    )
+    ratio = timing.ratio_stats(refresh['mkor'], refresh['kfac']).ratio
+    rows.append(f'\nmkor / kfac refresh time: median {ratio:.3f}')
   return rows
 
 
@@ -266,10 +258,8 @@ def main(argv):
   del arms, carries
   rows += _table(times, base, names)
   if 'mkor 10' in times and 'kfac 10' in times:
-    ratios = [a / b for a, b in zip(times['mkor 10'], times['kfac 10'])]
-    rows.append(
-      f'\nmkor 10 / kfac 10 step time: median {statistics.median(ratios):.3f}'
-    )
+    ratio = timing.ratio_stats(times['mkor 10'], times['kfac 10']).ratio
+    rows.append(f'\nmkor 10 / kfac 10 step time: median {ratio:.3f}')
   rows += ['\nOptimizer update alone (fixed gradient and statistics):\n']
   arms, carries = {}, {}
   for name in names:
