@@ -23,18 +23,17 @@ Usage::
   python -m batchax.experiments.benchmarks.norm_layers --reps=15 --steps=10
 """
 
-import random
 import statistics
 import time
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 from absl import app, flags
 
 import batchax.layers as bl
+from batchax.experiments.benchmarks import timing
 
 _REPS = flags.DEFINE_integer('reps', 15, 'Interleaved repetitions.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Train steps per arm and rep.')
@@ -142,19 +141,15 @@ def run(reps: int, steps: int, batch: int, ghost: int) -> list[dict]:
       jax.block_until_ready((state, loss))
       jobs[model_name, arm] = [state, step]
 
-  times = {k: [] for k in jobs}
-  order = list(jobs)
-  rng = random.Random(0)
-  for _ in range(reps):
-    rng.shuffle(order)
-    for k in order:
-      state, step = jobs[k]
-      t0 = time.perf_counter()
-      for _ in range(steps):
-        state, loss = step(state)
-      jax.block_until_ready((state, loss))
-      times[k].append((time.perf_counter() - t0) / steps)
-      jobs[k][0] = state
+  def run_job(k):
+    state, step = jobs[k]
+    for _ in range(steps):
+      state, loss = step(state)
+    jax.block_until_ready((state, loss))
+    jobs[k][0] = state
+
+  times = timing.interleaved(run_job, list(jobs), reps)
+  times = {k: [t / steps for t in v] for k, v in times.items()}
 
   rows = []
   for model_name, arm in jobs:
@@ -162,13 +157,9 @@ def run(reps: int, steps: int, batch: int, ghost: int) -> list[dict]:
     t = times[model_name, arm]
     row = dict(model=model_name, arm=arm, ms=1e3 * statistics.median(t))
     if base:
-      ratios = np.asarray(t) / np.asarray(times[model_name, base])
-      row.update(
-        baseline=base,
-        ratio=float(np.median(ratios)),
-        ratio_q1=float(np.quantile(ratios, 0.25)),
-        ratio_q3=float(np.quantile(ratios, 0.75)),
-      )
+      # 'inclusive' interpolates linearly, as numpy.quantile did here.
+      s = timing.ratio_stats(t, times[model_name, base], method='inclusive')
+      row.update(baseline=base, ratio=s.ratio, ratio_q1=s.q1, ratio_q3=s.q3)
     rows.append(row)
   return rows
 
