@@ -34,9 +34,6 @@ import os
 os.environ.setdefault('OPENBLAS_NUM_THREADS', '1')  # See frugal_memory.py.
 
 import collections  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import time  # noqa: E402
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
@@ -47,6 +44,7 @@ from absl import app, flags  # noqa: E402
 import batchax.optimizers as bo  # noqa: E402
 from batchax.experiments import models, sharding  # noqa: E402
 from batchax.experiments.architectures import llama  # noqa: E402
+from batchax.experiments.benchmarks import timing  # noqa: E402
 from batchax.experiments.configs import cifar10_resnet18  # noqa: E402
 
 _REPS = flags.DEFINE_integer('reps', 10, 'Interleaved repetitions.')
@@ -191,27 +189,23 @@ def time_rows() -> list[str]:
     for _ in range(2):
       carry = fn(*carry, tokens)
     carries[name] = jax.block_until_ready(carry)
-  times = {name: [] for name in arms}
-  names = list(arms)
-  order = random.Random(0)
-  for _ in range(_REPS.value):
-    order.shuffle(names)
-    for name in names:
-      fn, _, tokens = arms[name]
-      carry = carries[name]
-      start = time.perf_counter()
-      for _ in range(_STEPS.value):
-        carry = fn(*carry, tokens)
-      carries[name] = jax.block_until_ready(carry)
-      times[name].append((time.perf_counter() - start) / _STEPS.value)
+
+  def run(name):
+    fn, _, tokens = arms[name]
+    carry = carries[name]
+    for _ in range(_STEPS.value):
+      carry = fn(*carry, tokens)
+    carries[name] = jax.block_until_ready(carry)
+
+  times = timing.interleaved(run, list(arms), _REPS.value)
+  times = {k: [t / _STEPS.value for t in v] for k, v in times.items()}
   base = next(iter(arms))
   rows = []
   for name in arms:
-    ratios = [t / b for t, b in zip(times[name], times[base])]
-    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    s = timing.ratio_stats(times[name], times[base])
     rows.append(
-      f'| {name} | {1e3 * statistics.median(times[name]):.1f} '
-      f'| {statistics.median(ratios):.2f} | {q1:.2f}-{q3:.2f} |'
+      f'| {name} | {1e3 * s.seconds:.1f} '
+      f'| {s.ratio:.2f} | {s.q1:.2f}-{s.q3:.2f} |'
     )
   return rows
 
