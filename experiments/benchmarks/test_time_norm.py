@@ -24,17 +24,16 @@ Usage::
 """
 
 import functools
-import random
 import statistics
 import time
 
 import flax.linen as nn
 import jax
-import numpy as np
 import optax
 from absl import app, flags
 
 import batchax.layers as bl
+from batchax.experiments.benchmarks import timing
 
 _REPS = flags.DEFINE_integer('reps', 15, 'Interleaved repetitions.')
 _CALLS = flags.DEFINE_integer('calls', 20, 'Calls per arm and repetition.')
@@ -171,30 +170,23 @@ def run(reps: int, calls: int, batches: list[int], bf_batch: int):
       jax.block_until_ready((state, out))
       jobs[name] = [state, f, x]
       bases[name] = base
-  times = {k: [] for k in jobs}
-  order = list(jobs)
-  rng = random.Random(0)
-  for _ in range(reps):
-    rng.shuffle(order)
-    for k in order:
-      state, f, x = jobs[k]
-      t0 = time.perf_counter()
-      for _ in range(calls):
-        state, out = f(state, x)
-      jax.block_until_ready((state, out))
-      times[k].append((time.perf_counter() - t0) / calls)
-      jobs[k][0] = state
+
+  def run_job(k):
+    state, f, x = jobs[k]
+    for _ in range(calls):
+      state, out = f(state, x)
+    jax.block_until_ready((state, out))
+    jobs[k][0] = state
+
+  times = timing.interleaved(run_job, list(jobs), reps)
+  times = {k: [t / calls for t in v] for k, v in times.items()}
   rows = []
   for k, t in times.items():
     row = dict(arm=k, ms=1e3 * statistics.median(t))
     if bases[k]:
-      ratios = np.asarray(t) / np.asarray(times[bases[k]])
-      row.update(
-        baseline=bases[k],
-        ratio=float(np.median(ratios)),
-        q1=float(np.quantile(ratios, 0.25)),
-        q3=float(np.quantile(ratios, 0.75)),
-      )
+      # 'inclusive' interpolates linearly, as numpy.quantile did here.
+      s = timing.ratio_stats(t, times[bases[k]], method='inclusive')
+      row.update(baseline=bases[k], ratio=s.ratio, q1=s.q1, q3=s.q3)
     rows.append(row)
   return rows
 
