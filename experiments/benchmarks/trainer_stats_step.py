@@ -9,20 +9,18 @@ the test as the baseline.
 
   python -m batchax.experiments.benchmarks.trainer_stats_step
 
-Reports the median over interleaved repetitions of each arm's time per
-step divided by the baseline's in the same repetition.
+Reports the median over interleaved repetitions (the order of the arms
+shuffled every repetition, from seed 0) of each arm's time per step divided
+by the baseline's in the same repetition.
 """
 
 from __future__ import annotations
 
-import random
-import time
-
 import jax
-import numpy as np
 from absl import app, flags
 
 from batchax.experiments import data, sharding, train
+from batchax.experiments.benchmarks import timing
 from batchax.experiments.configs import adadagrad_mnist1d
 
 _REPS = flags.DEFINE_integer('reps', 15, 'Interleaved repetitions.')
@@ -60,26 +58,21 @@ def main(argv):
     state = t.create_state(jax.random.key(0))
     state, _ = t.train_step(state, batch, _BATCH.value)
     states[name] = state
-  times = {name: [] for name in arms}
-  for _ in range(_REPS.value):
-    order = list(arms)
-    random.shuffle(order)
-    for name in order:
-      t, state = arms[name], states[name]
-      start = time.perf_counter()
-      for _ in range(_STEPS.value):
-        state, m = t.train_step(state, batch, _BATCH.value)
-      jax.block_until_ready(m)
-      times[name].append((time.perf_counter() - start) / _STEPS.value)
-      states[name] = state
-  base = np.array(times['no test (baseline)'])
+
+  def run(name):
+    t, state = arms[name], states[name]
+    for _ in range(_STEPS.value):
+      state, m = t.train_step(state, batch, _BATCH.value)
+    jax.block_until_ready(m)
+    states[name] = state
+
+  times = timing.interleaved(run, list(arms), _REPS.value)
+  times = {k: [t / _STEPS.value for t in v] for k, v in times.items()}
   print('| arm | median ms / step | median ratio to baseline |')
   print('|---|---:|---:|')
   for name, ts in times.items():
-    ts = np.array(ts)
-    print(
-      f'| {name} | {1e3 * np.median(ts):.2f} | {np.median(ts / base):.2f} |'
-    )
+    s = timing.ratio_stats(ts, times['no test (baseline)'])
+    print(f'| {name} | {1e3 * s.seconds:.2f} | {s.ratio:.2f} |')
 
 
 if __name__ == '__main__':
