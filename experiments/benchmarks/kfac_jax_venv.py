@@ -53,6 +53,7 @@ _VENV = flags.DEFINE_string(
 )
 
 # Runs inside the venv: only the pinned packages, no batchax.
+# So it keeps its own timing loop rather than importing benchmarks/timing.py.
 INNER = r"""
 import json, random, statistics, sys, time
 import jax, jax.numpy as jnp, numpy as np, optax, kfac_jax
