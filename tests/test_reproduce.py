@@ -3,6 +3,7 @@
 import hashlib
 import os
 import random
+import re
 
 import matplotlib
 import pytest
@@ -228,3 +229,13 @@ def test_adadagrad_notes_read_steps_to_each_optimizers_target():
   ]
   assert rows['AdAdaGrad-Norm norm eta=1.0'] == ['15', '960', '10', '640']
   assert rows['AdaGrad-Norm b=16'][:2] == ['15', '240']
+  # Every budget has one arm on the frontier: the counts add up.
+  frontiers = [
+    line
+    for line in notes.splitlines()
+    if line.startswith('On the frontier against')
+  ]
+  assert len(frontiers) == 2  # steps and samples
+  for line in frontiers:
+    held = [int(k) for k in re.findall(r'\((\d+) budgets?, up to', line)]
+    assert sum(held) == 25, line
