@@ -97,17 +97,19 @@ def test_ghost_bn_plot_labels_do_not_overlap(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_quick_run_writes_only_to_out_dir(tmp_path, capsys):
   before = _docs_digest()
-  out = tmp_path / 'ghost_bn-quick'
-  table = reproduce.load_table('ghost_bn')
+  out = tmp_path / 'eggroll_cartpole-quick'
+  # The cheapest table to run end to end (two arms of two ES generations).
+  table = reproduce.load_table('eggroll_cartpole')
   results = reproduce.reproduce(table, str(out), quick=True)
   assert _docs_digest() == before  # Tracked files untouched.
   assert set(results) == {a.name for a in table.arms}
   assert all(len(runs) == 1 for runs in results.values())
-  assert (out / 'ghost_bn.md').exists() and (out / 'ghost_bn.png').exists()
-  assert '--quick' in (out / 'ghost_bn.md').read_text()
+  assert (out / 'eggroll_cartpole.md').exists()
+  assert (out / 'eggroll_cartpole.png').exists()
+  assert '--quick' in (out / 'eggroll_cartpole.md').read_text()
   err = capsys.readouterr().err
   n = len(table.arms)
-  assert f'[1/{n}] ghost_bn: SB, seed 0:' in err
+  assert f'[1/{n}] eggroll_cartpole: EGGROLL r=1, seed 0:' in err
   assert f'[{n}/{n}]' in err and 'left)' in err
   with pytest.raises(ValueError, match='quick'):
     reproduce.reproduce(table, str(out), quick=True, update_docs=True)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from test_config_claims import claims  # tests/ is on sys.path (prepend)
 
 from batchax.experiments import data, metrics, sharding, train
 from batchax.experiments.configs import default, digits_mlp
@@ -64,12 +65,19 @@ def test_default_run_reaches_90_percent_on_mnist1d(tmp_path):
   assert os.listdir(tmp_path / 'tensorboard')
   with open(tmp_path / 'config.json') as f:
     assert json.load(f)['optimizer']['name'] == 'adam'
+  # What the default config's docstring states (the check of
+  # tests/test_config_claims.py, on this run: one device, XLA's defaults).
+  stated = claims('default')
+  assert stated
+  for metric, value, tolerance, step in stated:
+    assert step is None or last['step'] == step, last
+    assert abs(last[metric] - value) <= tolerance, (metric, last[metric])
 
 
 @pytest.mark.slow
 def test_run_killed_mid_way_resumes_to_the_identical_result(tmp_path):
   args = (
-    '--config.num_train_steps=1200',
+    '--config.num_train_steps=600',
     '--config.checkpoint_every=50',
     '--config.log_every=10',
     '--config.eval_every=300',
@@ -104,7 +112,7 @@ def test_run_killed_mid_way_resumes_to_the_identical_result(tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   killed_at = max(int(s) for s in os.listdir(ckpts) if s.isdigit())
-  assert killed_at < 1200
+  assert killed_at < 600
   out = subprocess.run(
     _train_cmd(run, *args, config='digits_mlp.py'),
     env=_env(),
