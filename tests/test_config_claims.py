@@ -6,7 +6,8 @@ A config states a checkable result in one line of its docstring::
 
 (the metric of the last record, its value, the tolerance, and optionally
 the step of that record). Each CPU config is run here through
-``train.train_and_evaluate`` and held to it, in a subprocess with the
+``train.train_and_evaluate`` (the default config through the command line,
+in tests/test_train.py) and held to it, in a subprocess with the
 user's device count (one CPU device, not the tests' 8 fake ones: the
 adaptive batch test sees the sharded statistics in another order and takes
 another path). The values were measured on a 2-core x86 CPU; the
