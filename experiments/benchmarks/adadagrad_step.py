@@ -39,6 +39,8 @@ Usage::
 """
 
 import importlib.util
+import statistics
+import time
 
 import flax.linen as nn
 import jax
@@ -49,7 +51,7 @@ from absl import app, flags
 
 import batchax.optimizers as bo
 from batchax.experiments.benchmarks import timing
-from batchax.optimizers import capture
+from batchax.optimizers import _captured_statistics, capture
 
 _REPS = flags.DEFINE_integer('reps', 25, 'Interleaved repetitions.')
 _STEPS = flags.DEFINE_integer('steps', 5, 'Train steps per arm and rep.')
@@ -182,26 +184,35 @@ def _run(fn, carry, batch, steps):
 
 
 def _report(title: str, arms, batch):
-  """Times ``arms`` interleaved and prints their ratios to ``'baseline'``."""
+  """Times ``arms`` interleaved and prints their ratios to ``'baseline'``.
+
+  Also the process's CPU seconds per wall second in each arm's calls
+  (median over repetitions): about 1 for a program XLA:CPU runs on one
+  thread, up to the core count for one it spreads over all of them.
+  """
   carries = {}
   for name, (fn, carry) in arms.items():  # warm-up: compile and run
     carries[name] = _run(fn, carry, batch, 2)
+  cpu = {name: [] for name in arms}
 
   def run(name):
+    start = time.process_time()
     carries[name] = _run(arms[name][0], carries[name], batch, _STEPS.value)
+    cpu[name].append(time.process_time() - start)
 
   times = timing.interleaved(run, list(arms), _REPS.value)
-  times = {k: [t / _STEPS.value for t in v] for k, v in times.items()}
   rows = [
     f'\n{title}\n',
-    '| arm | median ms / step | median ratio to baseline | ratio IQR |',
-    '| --- | ---: | ---: | ---: |',
+    '| arm | median ms / step | median ratio to baseline | ratio IQR '
+    '| CPU s / wall s |',
+    '| --- | ---: | ---: | ---: | ---: |',
   ]
   for name in arms:
     s = timing.ratio_stats(times[name], times['baseline'])
+    threads = statistics.median(c / t for c, t in zip(cpu[name], times[name]))
     rows.append(
-      f'| {name} | {1e3 * s.seconds:.2f} '
-      f'| {s.ratio:.2f} | {s.q1:.2f}-{s.q3:.2f} |'
+      f'| {name} | {1e3 * s.seconds / _STEPS.value:.2f} '
+      f'| {s.ratio:.2f} | {s.q1:.2f}-{s.q3:.2f} | {threads:.2f} |'
     )
   print('\n'.join(rows), flush=True)
 
@@ -226,11 +237,8 @@ def _piece(fn, *inputs):
 
 
 def _patches(x, k: int):
-  """``[N, P, k * C]`` rows of a 'SAME' 1-D convolution, as the capture's."""
-  x = jnp.pad(x, [(0, 0), ((k - 1) // 2, k // 2), (0, 0)])
-  p = x.shape[1] - k + 1
-  views = [x[:, i : i + p] for i in range(k)]
-  return jnp.stack(views, axis=-2).reshape(x.shape[0], p, -1)
+  """``[N, P, k * C]`` rows of a 'SAME' 1-D convolution: the capture's own."""
+  return capture._sliced_patches(x, x.shape[0], (k,), (1,), (1,), 'SAME')
 
 
 def _conv_weight_grad(x, d, k: int):
@@ -272,13 +280,10 @@ def breakdown():
   a2, d2 = caps['Conv_1'].inputs, caps['Conv_1'].out_grads * b
   x2 = a2[..., 2 * 32 : 3 * 32]  # The centre tap: conv2's own input.
   g2 = jnp.einsum('kpi,kpo->koi', a2, d2, precision=hi)
-  ones = jnp.full((b,), 1.0 / b)
   u = g2[0] / jnp.linalg.norm(g2[0])
 
-  def mean_dev(g, proj):
-    m = jnp.tensordot(ones, g, axes=1, precision=hi)
-    sq = jnp.sum(jnp.square(g - m).reshape(b, -1), axis=1)
-    return (m, sq, jnp.sum((g * u).reshape(b, -1), axis=1)) if proj else (m, sq)
+  def mean_dev(g, proj):  # What the statistics do with a materialised G.
+    return _captured_statistics._from_units(g, u, proj)
 
   def gram(x):
     return jnp.einsum('kpi,kqi->kpq', x, x, precision=hi)
@@ -310,10 +315,7 @@ def breakdown():
       x1,
       d1,
     ),
-    'conv2 mean of G, dot with 1/K': (
-      lambda g: jnp.tensordot(ones, g, axes=1, precision=hi),
-      g2,
-    ),
+    'conv2 mean of G, dot with 1/K': (_captured_statistics._unit_mean, g2),
     'conv2 mean of G, jnp.mean': (lambda g: jnp.mean(g, axis=0), g2),
     'conv2 mean and deviations of G': (lambda g: mean_dev(g, False), g2),
     'conv2 mean, deviations, projections': (lambda g: mean_dev(g, True), g2),
